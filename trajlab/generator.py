@@ -1,0 +1,326 @@
+"""Deterministic sample generation: sample ``i`` = f(spec, i).
+
+Randomness
+----------
+* Sample ``i`` draws from its own stream
+  ``Generator(PCG64(SeedSequence(spec.seed, spawn_key=(i,))))``: camera,
+  colour and class parameters (19 uniforms per attempt), then position
+  jitter if enabled. A sample that fails the framing or motion checks is
+  redrawn from the *same* stream (next attempt), so the result never
+  depends on any other sample.
+* Labels come in blocks of ``C = len(classes)`` consecutive samples; each
+  block is a random permutation of the classes drawn from
+  ``SeedSequence(seed, spawn_key=(LABEL_KEY, block))``. Any prefix of a
+  dataset is thus balanced to within one sample per class, and the j-th
+  sample of each class lies in block j.
+* Splits are stratified per class with a golden-ratio (Weyl) sequence over
+  the within-class index ``j``, offset per class: every prefix of every
+  class holds each split's fraction to within about two samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import camera as cam
+from .render import render
+from .spec import DatasetSpec
+from .trajectories import N_UNIFORMS, REGISTRY, Context
+
+__all__ = ["make_trajectories", "generate_block", "Block", "sample_rng", "labels_for",
+           "splits_for", "SPLITS", "NEAR_PLANE"]
+
+LABEL_KEY = 0x4C41424C   # "LABL": spawn-key domain of the label permutations
+SPLIT_KEY = 0x53504C54   # "SPLT": spawn-key domain of the split offsets
+SPLITS = ("train", "val", "test")
+#: Nearest allowed depth (metres) of the object centre.
+NEAR_PLANE = 0.5
+#: Attempts before a sample is declared impossible under the spec.
+MAX_ATTEMPTS = 1000
+_N_CAMERA, _N_COLOR = 4, 3
+_N_DRAW = _N_CAMERA + _N_COLOR + N_UNIFORMS
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def sample_rng(seed, index):
+    """The random stream of sample ``index``."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(int(index),))))
+
+
+def labels_for(spec, start, stop):
+    """Labels of samples ``start..stop-1``, int64 of shape (stop - start,)."""
+    C = spec.n_classes
+    b0, b1 = start // C, (stop + C - 1) // C
+    perms = [np.random.Generator(np.random.PCG64(
+        np.random.SeedSequence(spec.seed, spawn_key=(LABEL_KEY, b)))).permutation(C)
+        for b in range(b0, b1)]
+    if not perms:
+        return np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(perms).astype(np.int64)
+    return flat[start - b0 * C: stop - b0 * C]
+
+
+def splits_for(spec, start, stop, labels=None):
+    """Split codes (0 train, 1 val, 2 test) of samples ``start..stop-1``, uint8."""
+    if labels is None:
+        labels = labels_for(spec, start, stop)
+    offsets = np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        spec.seed, spawn_key=(SPLIT_KEY, c)))).random() for c in range(spec.n_classes)])
+    j = np.arange(start, stop, dtype=np.float64) // spec.n_classes
+    x = np.mod(offsets[labels] + j * _GOLDEN, 1.0)
+    f_train, f_val, _ = spec.splits
+    return np.where(x < f_train, 0, np.where(x < f_train + f_val, 1, 2)).astype(np.uint8)
+
+
+def _hsv_to_rgb(h, s, v):
+    i = np.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.astype(np.int64) % 6
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.rint(np.stack([r, g, b], axis=-1) * 255.0).astype(np.uint8)
+
+
+@dataclass
+class Block:
+    """Samples ``start..stop-1`` of a dataset, with full ground truth.
+
+    Array attributes have a leading dimension ``n = stop - start``:
+    ``videos`` (n, T, 3, H, W) uint8; ``labels`` (n,) int64; ``splits``
+    (n,) uint8 (0 train, 1 val, 2 test); ``positions`` (n, T, 3) float64
+    world metres; ``pixels`` (n, T, 2) float64 ``(u, v)``; ``depth`` (n, T)
+    float64; ``radius`` (n, T) float64 pixel radius; ``K``, ``R`` (n, 3, 3)
+    and ``t`` (n, 3) float64; ``colors`` (n, 3) uint8; ``attempts`` (n,)
+    int32 (1 = accepted at first draw). ``params`` is a list of per-sample
+    dicts; ``rejections`` counts redrawn attempts per class name.
+    """
+
+    start: int
+    stop: int
+    videos: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    positions: np.ndarray
+    pixels: np.ndarray
+    depth: np.ndarray
+    radius: np.ndarray
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    colors: np.ndarray
+    attempts: np.ndarray
+    params: list
+    rejections: dict = field(default_factory=dict)
+
+    #: names of the per-sample numeric arrays, in storage order
+    ARRAYS = ("videos", "labels", "splits", "positions", "pixels", "depth", "radius",
+              "K", "R", "t", "colors", "attempts")
+
+    def annotations(self, spec):
+        """Per-sample JSON-ready dicts: class, split, params, equation, description."""
+        out = []
+        for k, p in enumerate(self.params):
+            label = int(self.labels[k])
+            tc = REGISTRY[spec.classes[label]]
+            out.append({
+                "index": self.start + k,
+                "label": label,
+                "class": tc.name,
+                "split": SPLITS[int(self.splits[k])],
+                "params": {name: (x.tolist() if isinstance(x, np.ndarray) else x)
+                           for name, x in p.items()},
+                "equation": tc.equation(p),
+                "description": tc.description(p, spec.clip_seconds),
+            })
+        return out
+
+
+def array_layout(spec, n=None):
+    """Shapes (without the leading n) and dtypes of every stored array."""
+    T, S = spec.n_frames, spec.image_size
+    layout = {
+        "videos": ((T, 3, S, S), np.uint8),
+        "labels": ((), np.int64),
+        "splits": ((), np.uint8),
+        "positions": ((T, 3), np.float64),
+        "pixels": ((T, 2), np.float64),
+        "depth": ((T,), np.float64),
+        "radius": ((T,), np.float64),
+        "K": ((3, 3), np.float64),
+        "R": ((3, 3), np.float64),
+        "t": ((3,), np.float64),
+        "colors": ((3,), np.uint8),
+        "attempts": ((), np.int32),
+    }
+    if n is None:
+        return layout
+    return {k: ((n,) + shape, dt) for k, (shape, dt) in layout.items()}
+
+
+def _lerp(u, pair):
+    return pair[0] + u * (pair[1] - pair[0])
+
+
+def generate_block(spec, start, stop, videos_out=None):
+    """Generate samples ``start..stop-1`` of ``spec``.
+
+    Parameters
+    ----------
+    spec : DatasetSpec
+    start, stop : int
+        ``0 <= start <= stop``; ``stop`` may exceed ``spec.n_samples`` only
+        when called directly (the bytes of sample ``i`` never depend on n).
+    videos_out : ndarray of shape (stop - start, T, 3, H, W), uint8, optional
+        Rendered in place when given (e.g. a memory-mapped slice).
+
+    Returns
+    -------
+    Block
+    """
+    n = stop - start
+    T, S = spec.n_frames, spec.image_size
+    times = spec.times
+    labels = labels_for(spec, start, stop)
+    splits = splits_for(spec, start, stop, labels)
+    shapes = array_layout(spec, n)
+    arr = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()
+           if k not in ("videos", "labels", "splits")}
+    params = [None] * n
+    rejections = {name: 0 for name in spec.classes}
+    rngs = [sample_rng(spec.seed, i) for i in range(start, stop)]
+    camspec = spec.camera
+    margin = spec.margin_px
+    min_step = spec.min_motion * S
+    pending = np.arange(n)
+    attempt = 0
+    while pending.size:
+        attempt += 1
+        if attempt > MAX_ATTEMPTS:
+            bad = [spec.classes[c] for c in np.unique(labels[pending])]
+            raise RuntimeError(
+                f"{pending.size} sample(s) of class(es) {bad} (first index "
+                f"{start + int(pending[0])}) were rejected {MAX_ATTEMPTS} times: no "
+                "trajectory fits in the frame under this spec. Enlarge the camera "
+                "distance or field of view, or reduce object_radius / margin_px / "
+                "min_motion.")
+        U = np.stack([rngs[k].random(_N_DRAW) for k in pending])
+        if spec.position_jitter > 0:
+            J = np.stack([rngs[k].standard_normal((T, 3)) for k in pending])
+        eye = cam.orbit_eye(_lerp(U[:, 0], camspec.distance), _lerp(U[:, 1], camspec.azimuth_deg),
+                            _lerp(U[:, 2], camspec.elevation_deg))
+        R, t = cam.look_at(eye)
+        K = cam.intrinsics(S, _lerp(U[:, 3], camspec.fov_deg))
+        ok = np.zeros(pending.size, dtype=bool)
+        pos = np.empty((pending.size, T, 3))
+        for c, name in enumerate(spec.classes):
+            sel = np.flatnonzero(labels[pending] == c)
+            if sel.size == 0:
+                continue
+            tc = REGISTRY[name]
+            ctx = Context(R[sel, 2], spec.clip_seconds, T, spec.gravity)
+            p = tc.params_from_uniforms(U[sel, _N_CAMERA + _N_COLOR:], ctx)
+            pos[sel] = tc.positions(p, times)
+            for j, k in enumerate(sel):
+                params[pending[k]] = {key: (float(x[j]) if x.ndim == 1 else x[j].copy())
+                                      for key, x in p.items()}
+        if spec.position_jitter > 0:
+            pos = pos + spec.position_jitter * J
+        pix, depth = cam.project(pos, K, R, t)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rad = K[:, None, 0, 0] * spec.object_radius / depth
+            reach = rad + margin
+            inside = ((depth > NEAR_PLANE)
+                      & (pix[..., 0] - reach >= 0) & (pix[..., 0] + reach <= S)
+                      & (pix[..., 1] - reach >= 0) & (pix[..., 1] + reach <= S)).all(axis=1)
+            step = np.sqrt(((pix[:, 1:] - pix[:, :-1]) ** 2).sum(axis=-1)).mean(axis=1)
+        ok = inside & (step >= min_step)
+        acc = pending[ok]
+        for key, val in (("positions", pos), ("pixels", pix), ("depth", depth),
+                         ("radius", rad), ("K", K), ("R", R), ("t", t)):
+            arr[key][acc] = val[ok]
+        arr["attempts"][acc] = attempt
+        if spec.object_color == "random":
+            arr["colors"][acc] = _hsv_to_rgb(U[ok, 4], 0.5 + 0.5 * U[ok, 5], 0.75 + 0.25 * U[ok, 6])
+        else:
+            arr["colors"][acc] = spec.object_color
+        for c in labels[pending[~ok]]:
+            rejections[spec.classes[c]] += 1
+        pending = pending[~ok]
+    videos = render(arr["pixels"], arr["radius"], arr["colors"], spec.background_color, S,
+                    spec.style, spec.trail_length, spec.trail_decay, out=videos_out)
+    if spec.pixel_noise > 0:
+        for k in range(n):
+            noise = rngs[k].standard_normal(videos.shape[1:], dtype=np.float32)
+            noisy = videos[k].astype(np.float32) + np.float32(spec.pixel_noise) * noise
+            videos[k] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
+                 params=params, rejections=rejections, **arr)
+
+
+def make_trajectories(n_samples=1000, *, classes=("linear", "circular", "helical", "parabolic"),
+                      n_frames=16, image_size=64, style="dot", seed=0, spec=None,
+                      return_annotations=False, chunk_size=256):
+    """Generate trajectory clips in memory (sklearn ``make_*`` style).
+
+    Produces exactly the bytes that :func:`trajlab.generate` writes to disk
+    for the same spec.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+    classes, n_frames, image_size, style, seed
+        See :class:`~trajlab.spec.DatasetSpec`. Ignored when ``spec`` is
+        given.
+    spec : DatasetSpec, optional
+        Full specification; ``spec.n_samples`` is replaced by ``n_samples``.
+    return_annotations : bool, default=False
+        Also return the ground truth.
+    chunk_size : int, default=256
+        Samples generated per vectorised step (memory only; bytes are the same).
+
+    Returns
+    -------
+    videos : ndarray of shape (n_samples, n_frames, 3, image_size, image_size), uint8
+    labels : ndarray of shape (n_samples,), int64
+        Index into ``spec.classes``.
+    annotations : dict, only if ``return_annotations``
+        ``positions``, ``pixels``, ``depth``, ``radius``, ``K``, ``R``,
+        ``t``, ``splits``, ``colors``, ``attempts`` arrays (see
+        :class:`Block`), ``records`` (per-sample dicts with class, split,
+        params, equation, description), ``rejections`` per class and
+        ``spec``.
+    """
+    if spec is None:
+        spec = DatasetSpec(n_samples=n_samples, classes=classes, n_frames=n_frames,
+                           image_size=image_size, style=style, seed=seed)
+    elif not isinstance(spec, DatasetSpec):
+        raise TypeError(f"The 'spec' parameter of make_trajectories must be a DatasetSpec. "
+                        f"Got {spec!r} instead.")
+    else:
+        spec = spec.replace(n_samples=n_samples)
+    from ._validation import check_int
+    chunk_size = check_int(chunk_size, "chunk_size", "make_trajectories", 1)
+    n = spec.n_samples
+    layout = array_layout(spec, n)
+    out = {k: np.empty(shape, dtype=dt) for k, (shape, dt) in layout.items()}
+    records, rejections = [], {name: 0 for name in spec.classes}
+    for a in range(0, n, chunk_size):
+        b = min(n, a + chunk_size)
+        block = generate_block(spec, a, b, videos_out=out["videos"][a:b])
+        for key in Block.ARRAYS:
+            if key != "videos":
+                out[key][a:b] = getattr(block, key)
+        for name, k in block.rejections.items():
+            rejections[name] += k
+        if return_annotations:
+            records.extend(block.annotations(spec))
+    videos, labels = out.pop("videos"), out.pop("labels")
+    if not return_annotations:
+        return videos, labels
+    out.update(records=records, rejections=rejections, spec=spec)
+    return videos, labels, out

@@ -1,0 +1,294 @@
+"""Dataset specification: one frozen dataclass that defines every byte.
+
+A :class:`DatasetSpec` holds everything that determines the generated data.
+Sample ``i`` of a dataset is a pure function of ``(spec, i)`` (the seed is
+part of the spec). Specs are validated once, in ``__post_init__``, and are
+serialised to canonical JSON; :attr:`DatasetSpec.fingerprint` is a hash of
+that JSON and names the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from . import _validation as v
+
+__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
+
+#: Version of the generation algorithm. Bumped whenever the bytes produced
+#: for a given spec change; it is part of the fingerprint, so datasets made
+#: by different algorithms never share a name.
+DATA_VERSION = 1
+
+STYLES = ("dot", "trail")
+
+
+def _pair(value):
+    """Accept a scalar as a fixed range ``(x, x)``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value, value)
+    return value
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """Ranges of the look-at pinhole camera, drawn per sample.
+
+    The camera looks at the world origin from a point given in spherical
+    coordinates around it. Each parameter is a ``(min, max)`` range; equal
+    bounds give a fixed camera. Conventions are documented in
+    :mod:`trajlab.camera`.
+
+    Parameters
+    ----------
+    distance : (float, float), default=(5.5, 6.5)
+        Distance from the camera centre to the origin, in metres.
+    azimuth_deg : (float, float), default=(20.0, 70.0)
+        Azimuth of the camera position, degrees counter-clockwise from +X.
+    elevation_deg : (float, float), default=(20.0, 35.0)
+        Elevation of the camera above the XY plane, degrees. Kept away
+        from 90 so that gravity (and the helix axes) are never along the
+        optical axis.
+    fov_deg : (float, float), default=(40.0, 40.0)
+        Full field of view of the (square) image, degrees.
+    """
+
+    distance: tuple = (5.5, 6.5)
+    azimuth_deg: tuple = (20.0, 70.0)
+    elevation_deg: tuple = (20.0, 35.0)
+    fov_deg: tuple = (40.0, 40.0)
+
+    def __post_init__(self):
+        own = "CameraSpec"
+        checks = {
+            "distance": (1.0, 100.0),
+            "azimuth_deg": (-360.0, 360.0),
+            "elevation_deg": (5.0, 60.0),
+            "fov_deg": (10.0, 120.0),
+        }
+        for name, (lo, hi) in checks.items():
+            value = v.check_range_pair(_pair(getattr(self, name)), name, own, lo, hi)
+            object.__setattr__(self, name, value)
+
+    def to_dict(self):
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that defines a trajlab dataset.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of clips, in [1, inf).
+    classes : tuple of str, default=all four classes
+        Trajectory classes, by registry name (see
+        :data:`trajlab.trajectories.REGISTRY`). Label ``k`` is
+        ``classes[k]``; counts of any prefix of the dataset differ by at
+        most one between classes.
+    n_frames : int, default=16
+        Frames per clip, in [2, inf). Frames are evenly spaced over a clip
+        of ``clip_seconds`` seconds.
+    image_size : int, default=64
+        Height and width of the square frames, in [16, 1024] pixels.
+    style : {'dot', 'trail'}, default='dot'
+        ``'trail'`` also draws the previous ``trail_length - 1`` positions
+        with intensities decaying by ``trail_decay`` per frame.
+    trail_length : int, default=4
+    trail_decay : float, default=0.5
+    object_color : (int, int, int) or 'random', default=(255, 255, 255)
+        RGB of the object. ``'random'`` draws a colour per sample from the
+        sample's own stream, independent of its class.
+    background_color : (int, int, int), default=(0, 0, 0)
+    object_radius : float, default=0.15
+        Radius of the spherical object, metres. Its pixel radius is
+        ``f * object_radius / depth`` in every frame.
+    clip_seconds : float, default=1.0
+        Duration of a clip, seconds (time stamps ``t_k = k * clip_seconds /
+        (n_frames - 1)``).
+    gravity : float, default=9.81
+        Magnitude of gravity (m/s^2) along world -Z for the parabolic class.
+    camera : CameraSpec
+    margin_px : float, default=1.0
+        Minimum distance in pixels between the dot's edge and the image
+        border in every frame; samples closer are redrawn, never clipped.
+    min_motion : float, default=0.015
+        Minimum mean per-frame displacement of the dot, as a fraction of
+        the image size; slower samples are redrawn.
+    position_jitter : float, default=0.0
+        Standard deviation (metres) of Gaussian noise added to every 3D
+        position. The stored positions include it.
+    pixel_noise : float, default=0.0
+        Standard deviation of Gaussian pixel noise, in 0-255 units.
+    splits : (float, float, float), default=(0.8, 0.1, 0.1)
+        Train/val/test fractions; stratified per class.
+    seed : int, default=0
+        Non-negative seed; sample ``i`` uses
+        ``SeedSequence(seed, spawn_key=(i,))``.
+    """
+
+    n_samples: int = 1000
+    classes: tuple = ("linear", "circular", "helical", "parabolic")
+    n_frames: int = 16
+    image_size: int = 64
+    style: str = "dot"
+    trail_length: int = 4
+    trail_decay: float = 0.5
+    object_color: object = (255, 255, 255)
+    background_color: tuple = (0, 0, 0)
+    object_radius: float = 0.15
+    clip_seconds: float = 1.0
+    gravity: float = 9.81
+    camera: CameraSpec = field(default_factory=CameraSpec)
+    margin_px: float = 1.0
+    min_motion: float = 0.015
+    position_jitter: float = 0.0
+    pixel_noise: float = 0.0
+    splits: tuple = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    def __post_init__(self):
+        from .trajectories import REGISTRY
+
+        own = "DatasetSpec"
+        s = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        s("n_samples", v.check_int(self.n_samples, "n_samples", own, 1))
+        classes = self.classes
+        if isinstance(classes, str):
+            classes = (classes,)
+        valid = tuple(REGISTRY)
+        if not hasattr(classes, "__iter__") or len(tuple(classes)) == 0:
+            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes)
+        classes = tuple(classes)
+        for c in classes:
+            if c not in REGISTRY:
+                v.fail("classes", own,
+                       "a sequence of class names from {" + ", ".join(map(repr, valid)) + "}",
+                       c)
+        if len(set(classes)) != len(classes):
+            v.fail("classes", own, "a sequence of distinct class names", classes)
+        s("classes", classes)
+        s("n_frames", v.check_int(self.n_frames, "n_frames", own, 2))
+        s("image_size", v.check_int(self.image_size, "image_size", own, 16, 1024))
+        v.check_choice(self.style, "style", own, STYLES)
+        s("trail_length", v.check_int(self.trail_length, "trail_length", own, 2, 64))
+        s("trail_decay", v.check_float(self.trail_decay, "trail_decay", own, 0.0, 1.0,
+                                       closed_low=False, closed_high=False))
+        s("object_color", v.check_rgb(self.object_color, "object_color", own, allow_random=True))
+        s("background_color", v.check_rgb(self.background_color, "background_color", own))
+        s("object_radius", v.check_float(self.object_radius, "object_radius", own, 0.0, 2.0,
+                                         closed_low=False))
+        s("clip_seconds", v.check_float(self.clip_seconds, "clip_seconds", own, 0.1, 10.0))
+        s("gravity", v.check_float(self.gravity, "gravity", own, 0.0, 100.0, closed_low=False))
+        cam = self.camera
+        if isinstance(cam, dict):
+            cam = CameraSpec(**cam)
+        if not isinstance(cam, CameraSpec):
+            v.fail("camera", own, "a CameraSpec or a dict of its fields", cam, TypeError)
+        s("camera", cam)
+        s("margin_px", v.check_float(self.margin_px, "margin_px", own, 0.0, 64.0))
+        s("min_motion", v.check_float(self.min_motion, "min_motion", own, 0.0, 0.25))
+        s("position_jitter", v.check_float(self.position_jitter, "position_jitter", own, 0.0, 1.0))
+        s("pixel_noise", v.check_float(self.pixel_noise, "pixel_noise", own, 0.0, 128.0))
+        splits = self.splits
+        expected = ("three finite fractions (train, val, test) in [0, 1] summing to 1 "
+                    "with train > 0")
+        if isinstance(splits, (str, bytes)) or not hasattr(splits, "__len__") or len(splits) != 3:
+            v.fail("splits", own, expected, splits, TypeError)
+        try:
+            fr = tuple(v.check_float(x, "splits", own, 0.0, 1.0) for x in splits)
+        except (TypeError, ValueError):
+            v.fail("splits", own, expected, splits)
+        if not math.isclose(sum(fr), 1.0, abs_tol=1e-9) or fr[0] <= 0:
+            v.fail("splits", own, expected, splits)
+        s("splits", fr)
+        s("seed", v.check_int(self.seed, "seed", own, 0, 2**63 - 1))
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self):
+        """Plain-JSON dict of the spec (tuples as lists)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, CameraSpec):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def to_json(self, indent=None):
+        """Canonical JSON: sorted keys; compact unless ``indent`` is given."""
+        sep = (",", ":") if indent is None else (",", ": ")
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=sep)
+
+    @classmethod
+    def from_dict(cls, data):
+        """Build a spec from :meth:`to_dict` output, rejecting unknown keys."""
+        if not isinstance(data, dict):
+            v.fail("data", "DatasetSpec.from_dict", "a dict", data, TypeError)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(
+                f"Unknown DatasetSpec parameter(s) {unknown}; valid parameters are {names}."
+            )
+        kwargs = dict(data)
+        for key in ("classes", "splits", "background_color"):
+            if key in kwargs and isinstance(kwargs[key], list):
+                kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("object_color"), list):
+            kwargs["object_color"] = tuple(kwargs["object_color"])
+        if isinstance(kwargs.get("camera"), dict):
+            unknown = sorted(set(kwargs["camera"]) - {f.name for f in dataclasses.fields(CameraSpec)})
+            if unknown:
+                raise ValueError(f"Unknown CameraSpec parameter(s) {unknown}.")
+            kwargs["camera"] = CameraSpec(
+                **{k: tuple(x) if isinstance(x, list) else x for k, x in kwargs["camera"].items()}
+            )
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes):
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fingerprint(self):
+        """16 hex digits naming the dataset: hash of the canonical spec and
+        the data version."""
+        payload = json.dumps({"data_version": DATA_VERSION, "spec": self.to_dict()},
+                             sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def diff(self, other):
+        """Names of the fields (``camera.x`` for nested ones) that differ."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for key in sorted(set(a) | set(b)):
+            if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+                out += [f"{key}.{k}" for k in sorted(set(a[key]) | set(b[key]))
+                        if a[key].get(k) != b[key].get(k)]
+            elif a.get(key) != b.get(key):
+                out.append(key)
+        return out
+
+    @property
+    def n_classes(self):
+        return len(self.classes)
+
+    @property
+    def times(self):
+        """Time stamps of the frames, seconds, shape (n_frames,)."""
+        import numpy as np
+
+        return np.arange(self.n_frames, dtype=np.float64) * (
+            self.clip_seconds / (self.n_frames - 1))
