@@ -3,13 +3,24 @@
 Main entry points:
 
 * :func:`make_trajectories` — in-memory, sklearn ``make_*`` style;
+* :func:`generate` — parallel, checkpointed, resumable generation into a
+  run directory;
+* :func:`open_dataset` — memory-mapped, verified access to a finished run;
 * :class:`DatasetSpec` — the frozen, validated description of a dataset.
+
+Torch datasets live in :mod:`trajlab.torchdata` (the only module that
+imports torch), plots in :mod:`trajlab.plotting`.
 """
 
+from .dataset import TrajectoryData, open_dataset, verify_run
+from .engine import GenerationResult, generate
 from .generator import make_trajectories
 from .spec import CameraSpec, DatasetSpec
+from .storage import RunDirError
 from .trajectories import REGISTRY
 
 __version__ = "0.1.0"
 
-__all__ = ["make_trajectories", "DatasetSpec", "CameraSpec", "REGISTRY", "__version__"]
+__all__ = ["make_trajectories", "generate", "open_dataset", "verify_run", "DatasetSpec",
+           "CameraSpec", "GenerationResult", "TrajectoryData", "RunDirError", "REGISTRY",
+           "__version__"]

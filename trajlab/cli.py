@@ -1,0 +1,225 @@
+"""Command line: ``trajlab generate|status|verify|info|export|run``.
+
+Also available as ``python -m trajlab``. Exit codes: 0 success; 1 a check
+failed (verify found damage, a notebook failed, status is stalled/failed);
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _spec_from_args(args):
+    from .spec import DatasetSpec
+
+    base = {}
+    if args.spec:
+        with open(args.spec, encoding="utf-8") as fh:
+            base = json.load(fh)
+        base = base.get("spec", base)   # accept a run dir's spec.json too
+    fields = {
+        "n_samples": args.n_samples, "n_frames": args.n_frames, "image_size": args.image_size,
+        "style": args.style, "seed": args.seed, "object_radius": args.object_radius,
+        "pixel_noise": args.pixel_noise, "position_jitter": args.position_jitter,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            base[key] = value
+    if args.classes:
+        base["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if args.splits:
+        base["splits"] = [float(x) for x in args.splits.split(",")]
+    if args.object_color:
+        base["object_color"] = (args.object_color if args.object_color == "random"
+                                else [int(x) for x in args.object_color.split(",")])
+    return DatasetSpec.from_dict(base)
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="generate (or resume) a dataset into RUN_DIR",
+                       description="Generate a dataset into RUN_DIR, or resume it. Re-running "
+                       "the same command resumes; a finished run is a no-op.")
+    p.add_argument("run_dir")
+    p.add_argument("--spec", help="JSON file with DatasetSpec fields (or a run dir's spec.json)")
+    p.add_argument("-n", "--n-samples", type=int)
+    p.add_argument("--n-frames", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--classes", help="comma-separated, e.g. linear,circular")
+    p.add_argument("--style", help="dot or trail")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--splits", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument("--object-color", help="r,g,b or 'random'")
+    p.add_argument("--object-radius", type=float)
+    p.add_argument("--pixel-noise", type=float)
+    p.add_argument("--position-jitter", type=float)
+    p.add_argument("-j", "--n-jobs", type=int, default=-1, help="workers (default: all CPUs)")
+    p.add_argument("--shard-size", default="auto", help="samples per shard (default: auto)")
+    p.add_argument("--backend", help="joblib backend (default: loky; 'dask' for a cluster)")
+    p.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "text", "none"])
+    p.add_argument("--fsync", action="store_true", help="fsync each shard (power-loss safe)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-check checksums of recorded shards before resuming")
+
+
+def _cmd_generate(args):
+    from .engine import generate
+
+    spec_given = any(getattr(args, k) is not None for k in (
+        "spec", "n_samples", "n_frames", "image_size", "style", "seed", "classes", "splits",
+        "object_color", "object_radius", "pixel_noise", "position_jitter"))
+    if not spec_given and os.path.isfile(os.path.join(args.run_dir, "spec.json")):
+        args.spec = os.path.join(args.run_dir, "spec.json")   # plain resume
+    spec = _spec_from_args(args)
+    shard = args.shard_size
+    if shard != "auto":
+        try:
+            shard = int(shard)
+        except ValueError:
+            raise ValueError(f"The 'shard_size' parameter of generate must be an int in the "
+                             f"range [1, inf) or 'auto'. Got {shard!r} instead.") from None
+    res = generate(spec, args.run_dir, n_jobs=args.n_jobs, shard_size=shard,
+                   progress=args.progress, fsync=args.fsync, verify=args.verify,
+                   backend=args.backend, scheduler=args.scheduler)
+    print(res.summary())
+    return 0
+
+
+def _cmd_status(args):
+    from .progress import format_status, read_status
+
+    st = read_status(args.run_dir)
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(format_status(args.run_dir, st))
+    return {"running": 0, "finished": 0}.get(st["verdict"], 1)
+
+
+def _cmd_verify(args):
+    from .dataset import verify_run
+    from .engine import _drop_records
+    from .storage import MANIFEST_FILE
+
+    rep = verify_run(args.run_dir)
+    layout = rep["layout"]
+    if rep["ok"]:
+        print(f"{args.run_dir}: OK - {rep['n_shards']} shards, all checksums match.")
+        return 0
+    if not rep["complete"]:
+        print(f"{args.run_dir}: INCOMPLETE - no manifest (generation unfinished).")
+    if rep["bad"]:
+        first = rep["bad"][0]
+        print(f"{args.run_dir}: {len(rep['bad'])} bad shard(s) of {rep['n_shards']}; "
+              f"first bad shard {first[0]}: {first[2]}")
+        for shard, what, reason in rep["bad"][1:20]:
+            print(f"  shard {shard}: {reason}")
+        if args.repair:
+            _drop_records(args.run_dir, layout, [s for s, *_r in rep["bad"]])
+            mpath = os.path.join(args.run_dir, MANIFEST_FILE)
+            if os.path.exists(mpath):
+                os.remove(mpath)
+            print(f"Dropped their records; run `trajlab generate {args.run_dir}` to "
+                  "regenerate them.")
+    return 1
+
+
+def _cmd_info(args):
+    from .storage import MANIFEST_FILE, load_layout, read_json
+
+    doc, layout = load_layout(args.run_dir)
+    mpath = os.path.join(args.run_dir, MANIFEST_FILE)
+    manifest = read_json(mpath) if os.path.isfile(mpath) else None
+    if args.json:
+        print(json.dumps({"spec": doc, "manifest": manifest}, indent=2, sort_keys=True))
+        return 0
+    s = layout.spec
+    print(f"Run dir:      {args.run_dir}")
+    print(f"Fingerprint:  {s.fingerprint} (trajlab {doc['trajlab_version']}, "
+          f"data v{doc['data_version']}, format v{doc['format_version']})")
+    print(f"Samples:      {s.n_samples:,} x {s.n_frames} frames x 3 x {s.image_size} x "
+          f"{s.image_size} uint8, style {s.style!r}, seed {s.seed}")
+    print(f"Classes:      {', '.join(s.classes)}")
+    print(f"Shards:       {layout.n_shards} of {layout.shard_size} samples")
+    if manifest is None:
+        print("Status:       INCOMPLETE (no manifest)")
+    else:
+        print("Status:       complete, finished " + manifest["finished_at"])
+        print("Class counts: " + ", ".join(f"{k}={n}" for k, n in manifest["class_counts"].items()))
+        for split, counts in manifest["split_counts"].items():
+            print(f"  {split:<5}       " + ", ".join(f"{k}={n}" for k, n in counts.items())
+                  + f"  (total {sum(counts.values())})")
+        print("Rejections:   " + ", ".join(f"{k}={n}" for k, n in manifest["rejections"].items()))
+    print("Spec:")
+    print("  " + s.to_json(indent=2).replace("\n", "\n  "))
+    return 0
+
+
+def _cmd_export(args):
+    from .export import export
+
+    path = export(args.run_dir, args.output, format=args.format, split=args.split)
+    print(f"Wrote {path}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="trajlab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    s = sub.add_parser("status", help="is a run running, stalled, finished or failed?")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("verify", help="recompute checksums; report the first bad shard")
+    s.add_argument("run_dir")
+    s.add_argument("--repair", action="store_true",
+                   help="drop the records of bad shards so that resuming regenerates them")
+    s = sub.add_parser("info", help="print the spec, counts and splits of a run dir")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("export", help="write the earlier system's dict as .npz or .pt")
+    s.add_argument("run_dir")
+    s.add_argument("output")
+    s.add_argument("--format", choices=["npz", "pt"], default=None,
+                   help="default: from the output's extension")
+    s.add_argument("--split", choices=["train", "val", "test"], default=None)
+    s = sub.add_parser("run", help="execute a notebook with papermill into runs/",
+                       add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        from .notebooks import cli_run
+
+        return cli_run(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .storage import RunDirError
+
+    handlers = {"generate": _cmd_generate, "status": _cmd_status, "verify": _cmd_verify,
+                "info": _cmd_info, "export": _cmd_export}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, TypeError, PermissionError) as exc:
+        print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (RunDirError, FileNotFoundError) as exc:
+        print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"trajlab {args.command}: interrupted; re-run the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Progress: one source, three views.
+
+:class:`Progress` is fed by the parent process of a generation run. It
+shows
+
+* a bar — ``tqdm``'s widget under Jupyter, its text bar in a terminal;
+* plain periodic lines when output is not a terminal (headless notebooks,
+  logs, ``nohup``), every ``text_interval`` seconds;
+* ``progress.json`` and ``PROGRESS.txt`` in the run dir, written
+  atomically on updates (throttled) and by a heartbeat thread at least every
+  ``heartbeat`` seconds, so a stale file reveals a dead job.
+
+:func:`read_status` interprets those files for ``trajlab status``.
+
+The view is chosen by ``mode``: ``'auto'`` (default) honours the
+``TRAJLAB_PROGRESS`` environment variable (``bar``, ``widget``, ``text``,
+``none``), then picks the widget under a Jupyter kernel, the bar on a
+terminal and text otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from .storage import utcnow, write_json_atomic, write_text_atomic
+
+__all__ = ["Progress", "read_status", "format_status", "MODES", "STALE_AFTER"]
+
+MODES = ("auto", "bar", "widget", "text", "none")
+PROGRESS_JSON = "progress.json"
+PROGRESS_TXT = "PROGRESS.txt"
+#: A running job whose progress file is older than this is reported stalled.
+STALE_AFTER = 120.0
+
+
+def _in_jupyter():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def resolve_mode(mode):
+    if mode == "auto":
+        mode = os.environ.get("TRAJLAB_PROGRESS", "auto").strip().lower() or "auto"
+        if mode not in MODES:
+            mode = "auto"
+    if mode == "auto":
+        if _in_jupyter():
+            mode = "widget"
+        elif hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+            mode = "bar"
+        else:
+            mode = "text"
+    return mode
+
+
+def _fmt_seconds(s):
+    if s is None:
+        return "unknown"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h {m:02d}m {sec:02d}s"
+    if m:
+        return f"{m}m {sec:02d}s"
+    return f"{sec}s"
+
+
+class Progress:
+    """Progress of one generation run (parent process only).
+
+    Parameters
+    ----------
+    run_dir : str or None
+        Where ``progress.json`` and ``PROGRESS.txt`` go (None: no files).
+    total : int
+        Samples in the dataset.
+    done : int
+        Samples already complete (resumed runs).
+    mode : {'auto', 'bar', 'widget', 'text', 'none'}
+    heartbeat : float
+        Maximum seconds between two writes of the progress files.
+    text_interval : float
+        Seconds between two plain-text lines.
+    info : dict
+        Extra fields for progress.json (e.g. fingerprint, shards).
+    stream : file, default sys.stdout
+        Where plain-text lines go.
+    """
+
+    def __init__(self, run_dir, total, done=0, *, mode="auto", heartbeat=15.0,
+                 text_interval=30.0, file_interval=2.0, info=None, stream=None,
+                 title="trajlab"):
+        self.run_dir = run_dir
+        self.total = int(total)
+        self.initial = int(done)
+        self.done = int(done)
+        self.mode = resolve_mode(mode)
+        self.heartbeat = float(heartbeat)
+        self.text_interval = float(text_interval)
+        self.file_interval = float(file_interval)
+        self.info = dict(info or {})
+        self.stream = stream if stream is not None else sys.stdout
+        self.title = title
+        self.state = "running"
+        self.message = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._bar = None
+        self._t0 = None
+        self._started_at = None
+        self._last_file = 0.0
+        self._last_text = 0.0
+
+    # ----------------------------------------------------------- numbers
+    def snapshot(self):
+        now = time.time()
+        elapsed = now - self._t0 if self._t0 else 0.0
+        new = self.done - self.initial
+        rate = new / elapsed if elapsed > 0 and new > 0 else None
+        remaining = self.total - self.done
+        eta = remaining / rate if rate else (0.0 if remaining == 0 else None)
+        snap = {
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "percent": round(100.0 * self.done / self.total, 2) if self.total else 100.0,
+            "resumed_from": self.initial,
+            "elapsed_seconds": round(elapsed, 2),
+            "rate_samples_per_second": round(rate, 2) if rate else None,
+            "eta_seconds": round(eta, 1) if eta is not None else None,
+            "started_at": self._started_at,
+            "updated_at": utcnow(),
+            "updated_unix": round(now, 3),
+            "heartbeat_seconds": self.heartbeat,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "message": self.message,
+        }
+        snap.update(self.info)
+        return snap
+
+    def text_line(self, snap=None):
+        s = snap or self.snapshot()
+        rate = s["rate_samples_per_second"]
+        return (f"[{self.title}] {s['state']}: {s['done']:,} / {s['total']:,} "
+                f"({s['percent']:.1f}%), elapsed {_fmt_seconds(s['elapsed_seconds'])}, "
+                f"rate {rate if rate is not None else '-'} samples/s, "
+                f"ETA {_fmt_seconds(s['eta_seconds'])}")
+
+    # ------------------------------------------------------------- views
+    def _write_files(self, snap):
+        if not self.run_dir:
+            return
+        write_json_atomic(os.path.join(self.run_dir, PROGRESS_JSON), snap)
+        rate = snap["rate_samples_per_second"]
+        text = (
+            f"trajlab dataset generation progress\n"
+            f"====================================\n"
+            f"Run dir:     {os.path.abspath(self.run_dir)}\n"
+            f"Fingerprint: {snap.get('fingerprint', '-')}\n"
+            f"State:       {snap['state']}\n"
+            f"Completed:   {snap['done']:,} / {snap['total']:,} ({snap['percent']:.1f}%)\n"
+            f"Elapsed:     {_fmt_seconds(snap['elapsed_seconds'])}\n"
+            f"Rate:        {rate if rate is not None else '-'} samples/s\n"
+            f"ETA:         {_fmt_seconds(snap['eta_seconds'])}\n"
+            f"Last update: {snap['updated_at']}\n"
+            f"Process:     pid {snap['pid']} on {snap['host']}\n"
+        )
+        if snap.get("message"):
+            text += f"Message:     {snap['message']}\n"
+        write_text_atomic(os.path.join(self.run_dir, PROGRESS_TXT), text)
+        self._last_file = time.time()
+
+    def _emit_text(self, snap, force=False):
+        now = time.time()
+        if force or now - self._last_text >= self.text_interval:
+            print(self.text_line(snap), file=self.stream, flush=True)
+            self._last_text = now
+
+    def _open_bar(self):
+        if self.mode == "widget":
+            try:
+                from tqdm.notebook import tqdm as bar_cls
+                import ipywidgets  # noqa: F401
+            except ImportError:
+                from tqdm import tqdm as bar_cls
+        else:
+            from tqdm import tqdm as bar_cls
+        self._bar = bar_cls(total=self.total, initial=self.initial, unit="sample",
+                            desc=self.title, dynamic_ncols=True, smoothing=0.1)
+
+    def _heartbeat_loop(self):
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                snap = self.snapshot()
+                self._write_files(snap)
+                if self.mode == "text":
+                    self._emit_text(snap)
+
+    # --------------------------------------------------------------- API
+    def start(self, message=""):
+        self._t0 = time.time()
+        self._started_at = utcnow()
+        self.message = message
+        with self._lock:
+            snap = self.snapshot()
+            self._write_files(snap)
+            if self.mode in ("bar", "widget"):
+                self._open_bar()
+            elif self.mode == "text":
+                self._emit_text(snap, force=True)
+        self._thread = threading.Thread(target=self._heartbeat_loop, name="trajlab-progress",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def update(self, n):
+        """Record ``n`` more completed samples."""
+        with self._lock:
+            self.done += int(n)
+            if self._bar is not None:
+                self._bar.update(int(n))
+            now = time.time()
+            if now - self._last_file >= self.file_interval or self.done >= self.total:
+                snap = self.snapshot()
+                self._write_files(snap)
+                if self.mode == "text":
+                    self._emit_text(snap)
+            elif self.mode == "text" and now - self._last_text >= self.text_interval:
+                self._emit_text(self.snapshot())
+
+    def close(self, state="finished", message=""):
+        """Final state: 'finished', 'failed' or 'interrupted'."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self.state = state
+            if message:
+                self.message = message
+            snap = self.snapshot()
+            self._write_files(snap)
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if self.mode != "none":
+                print(self.text_line(snap), file=self.stream, flush=True)
+        return snap
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True
+
+
+def read_status(run_dir, stale_after=None):
+    """Interpret a run dir's progress for ``trajlab status``.
+
+    Returns
+    -------
+    status : dict
+        The progress.json fields plus ``verdict`` — one of ``'missing'``,
+        ``'running'``, ``'stalled'``, ``'finished'``, ``'failed'``,
+        ``'interrupted'`` — ``reason`` and ``age_seconds``.
+    """
+    path = os.path.join(run_dir, PROGRESS_JSON)
+    complete = os.path.isfile(os.path.join(run_dir, "manifest.json"))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            snap = json.load(fh)
+    except FileNotFoundError:
+        verdict = "finished" if complete else "missing"
+        return {"verdict": verdict, "reason": f"no {PROGRESS_JSON} in {run_dir!r}",
+                "age_seconds": None}
+    except ValueError as exc:
+        return {"verdict": "missing", "reason": f"unreadable {PROGRESS_JSON}: {exc}",
+                "age_seconds": None}
+    age = time.time() - float(snap.get("updated_unix", 0))
+    snap["age_seconds"] = round(age, 1)
+    state = snap.get("state")
+    if stale_after is None:
+        stale_after = max(STALE_AFTER, 4 * float(snap.get("heartbeat_seconds", 15)))
+    if state == "running":
+        same_host = snap.get("host") == socket.gethostname()
+        if same_host and not _pid_alive(snap.get("pid")):
+            snap.update(verdict="stalled",
+                        reason=f"process {snap.get('pid')} on this host is gone")
+        elif age > stale_after:
+            snap.update(verdict="stalled",
+                        reason=f"no update for {_fmt_seconds(age)} (> {_fmt_seconds(stale_after)})")
+        else:
+            snap.update(verdict="running", reason="updated recently")
+    elif state in ("finished", "failed", "interrupted"):
+        snap.update(verdict=state, reason=snap.get("message") or state)
+    else:
+        snap.update(verdict="missing", reason=f"unknown state {state!r}")
+    return snap
+
+
+def format_status(run_dir, status):
+    lines = [f"{run_dir}: {status['verdict'].upper()} ({status.get('reason', '')})"]
+    if "done" in status:
+        rate = status.get("rate_samples_per_second")
+        lines.append(
+            f"  Completed: {status['done']:,} / {status['total']:,} ({status['percent']:.1f}%)"
+            f"  rate {rate if rate is not None else '-'} samples/s"
+            f"  ETA {_fmt_seconds(status.get('eta_seconds'))}")
+        lines.append(f"  Last update: {status.get('updated_at')} "
+                     f"({_fmt_seconds(status.get('age_seconds'))} ago) by pid {status.get('pid')} "
+                     f"on {status.get('host')}")
+    return "\n".join(lines)
