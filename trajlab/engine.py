@@ -181,6 +181,17 @@ def _repair_files(run_dir, layout):
     return lost
 
 
+def _is_complete(run_dir, layout):
+    """Manifest present, every file full size, every record readable."""
+    if not os.path.isfile(os.path.join(run_dir, MANIFEST_FILE)):
+        return False
+    for name, (fname, *_r) in layout.arrays().items():
+        path = os.path.join(run_dir, fname)
+        if not os.path.exists(path) or os.path.getsize(path) != layout.expected_size(name):
+            return False
+    return all(read_record(run_dir, layout, s) is not None for s in range(layout.n_shards))
+
+
 def _drop_records(run_dir, layout, shards):
     for s in shards:
         with contextlib.suppress(FileNotFoundError):
@@ -318,6 +329,11 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         v.fail("scheduler", "generate", "None unless backend='dask'", scheduler)
     doc, layout, new = _prepare(spec, run_dir, shard_size)
     t0 = time.perf_counter()
+    if not new and not verify and _is_complete(run_dir, layout):
+        # read-only fast path: a finished run is left untouched (not even the lock)
+        return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards, 0,
+                                layout.n_shards, time.perf_counter() - t0, None, True,
+                                read_json(os.path.join(run_dir, MANIFEST_FILE)))
     os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir):
         if new:

@@ -1,0 +1,43 @@
+"""Shared helpers for the engine tests."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tree_digest(run_dir, include_json=False):
+    """sha256 of every data file of a run dir (arrays + annotations)."""
+    out = {}
+    for root, _dirs, files in os.walk(run_dir):
+        for f in sorted(files):
+            rel = os.path.relpath(os.path.join(root, f), run_dir)
+            if f.endswith(".npy") or f.endswith(".jsonl") or (include_json and f.endswith(".json")):
+                with open(os.path.join(root, f), "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def snapshot(run_dir):
+    """Everything observable about a directory: names, sizes, mtimes, bytes."""
+    out = {}
+    for root, _dirs, files in os.walk(run_dir):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.stat(p)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, run_dir)] = (st.st_size, st.st_mtime_ns,
+                                                     hashlib.sha256(fh.read()).hexdigest())
+    return out
+
+
+def run_cli(*args, check=False, timeout=300, **kw):
+    """Run ``python -m trajlab ARGS`` and return the CompletedProcess."""
+    env = dict(os.environ, TRAJLAB_PROGRESS="none")
+    proc = subprocess.run([sys.executable, "-m", "trajlab", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"trajlab {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
