@@ -92,21 +92,26 @@ def render(pixels, radius, colors, background, image_size, style="dot",
     if out is None:
         out = np.empty((n, t, 3, H, W), dtype=np.uint8)
     bg = np.asarray(background, dtype=np.float64)
-    for c in range(3):
-        out[:, :, c] = background[c]
+    if len(set(background)) == 1:
+        out.fill(background[0])
+    else:
+        out[...] = np.asarray(background, dtype=np.uint8)[:, None, None]
     if n == 0:
         return out
     delta = colors.astype(np.float64) - bg            # (N, 3)
     corner, size = _window(pixels, radius, image_size)
     if style == "dot":
         alpha = _window_alpha(pixels, radius, corner, size)    # (N, T, S, S)
-        rows = corner[..., 1, None, None] + np.arange(size)[:, None]
-        cols = corner[..., 0, None, None] + np.arange(size)[None, :]
-        ni = np.arange(n)[:, None, None, None]
-        ti = np.arange(t)[None, :, None, None]
+        # flat indices of the window pixels in channel 0 of each frame; one
+        # 1-D scatter per channel is much cheaper than 4-D fancy indexing
+        frame0 = (np.arange(n)[:, None] * t + np.arange(t)) * (3 * H * W)    # (N, T)
+        idx = (frame0[..., None, None] + corner[..., 1, None, None] * W
+               + corner[..., 0, None, None]
+               + (np.arange(size)[:, None] * W + np.arange(size)[None, :]))
+        flat = out.reshape(-1)
         for c in range(3):
             val = bg[c] + alpha * delta[:, c, None, None, None]
-            out[ni, ti, c, rows, cols] = np.rint(val).astype(np.uint8)
+            flat[idx + c * H * W] = np.rint(val).astype(np.uint8)
         return out
     # trail: accumulate max coverage on full frames (dots of different lags
     # may overlap), then blend
