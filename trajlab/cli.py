@@ -131,6 +131,7 @@ def _cmd_verify(args):
 
 
 def _cmd_info(args):
+    from .generator import SPLITS
     from .storage import MANIFEST_FILE, load_layout, read_json
 
     doc, layout = load_layout(args.run_dir)
@@ -151,11 +152,13 @@ def _cmd_info(args):
         print("Status:       INCOMPLETE (no manifest)")
     else:
         print("Status:       complete, finished " + manifest["finished_at"])
-        print("Class counts: " + ", ".join(f"{k}={n}" for k, n in manifest["class_counts"].items()))
-        for split, counts in manifest["split_counts"].items():
-            print(f"  {split:<5}       " + ", ".join(f"{k}={n}" for k, n in counts.items())
+        cc, rj = manifest["class_counts"], manifest["rejections"]
+        print("Class counts: " + ", ".join(f"{k}={cc[k]}" for k in s.classes))
+        for split in SPLITS:
+            counts = manifest["split_counts"][split]
+            print(f"  {split:<5}       " + ", ".join(f"{k}={counts[k]}" for k in s.classes)
                   + f"  (total {sum(counts.values())})")
-        print("Rejections:   " + ", ".join(f"{k}={n}" for k, n in manifest["rejections"].items()))
+        print("Rejections:   " + ", ".join(f"{k}={rj[k]}" for k in s.classes))
     print("Spec:")
     print("  " + s.to_json(indent=2).replace("\n", "\n  "))
     return 0

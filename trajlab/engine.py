@@ -86,10 +86,11 @@ class GenerationResult:
             rate = f"{self.rate:,.0f} samples/s" if self.rate else "-"
             lines.append(f"Time:         {self.seconds:.1f} s ({rate})")
         if m:
-            lines.append("Classes:      " + ", ".join(f"{k}={n:,}" for k, n in m["class_counts"].items()))
+            names = m["class_names"]
+            lines.append("Classes:      " + ", ".join(f"{k}={m['class_counts'][k]:,}" for k in names))
             lines.append("Splits:       " + ", ".join(
                 f"{s}={sum(m['split_counts'][s].values()):,}" for s in SPLITS))
-            lines.append("Rejections:   " + ", ".join(f"{k}={n:,}" for k, n in m["rejections"].items()))
+            lines.append("Rejections:   " + ", ".join(f"{k}={m['rejections'][k]:,}" for k in names))
         lines.append(f"Progress:     {os.path.join(self.run_dir, 'PROGRESS.txt')}")
         return "\n".join(lines)
 

@@ -1,0 +1,104 @@
+"""Command line: generate/status/verify/info through `python -m trajlab`."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from trajlab import DatasetSpec, make_trajectories, open_dataset
+
+from _util import run_cli, snapshot
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("generate", rd, "-n", 50, "--n-frames", 8, "--image-size", 16, "--seed", 3,
+                   "--classes", "linear,helical", "--shard-size", 8, "-j", 2, check=True)
+    return rd, proc
+
+
+def test_generate_writes_the_spec_it_was_given(cli_run):
+    rd, proc = cli_run
+    assert "Samples:      50 in 7 shards (7 generated now, 0 reused)" in proc.stdout
+    spec = DatasetSpec(n_samples=50, n_frames=8, image_size=16, seed=3,
+                       classes=("linear", "helical"))
+    ds = open_dataset(rd)
+    assert ds.spec == spec
+    videos, labels = make_trajectories(50, spec=spec)
+    np.testing.assert_array_equal(ds.videos, videos)
+
+
+def test_rerun_without_spec_arguments_resumes_and_reports_complete(cli_run):
+    rd, _ = cli_run
+    proc = run_cli("generate", rd, check=True)
+    assert "already complete - nothing to do" in proc.stdout
+
+
+def test_info_and_status(cli_run):
+    rd, _ = cli_run
+    out = run_cli("info", rd, check=True).stdout
+    assert "Classes:      linear, helical" in out
+    assert "Class counts: linear=25, helical=25" in out
+    assert "Shards:       7 of 8 samples" in out
+    info = json.loads(run_cli("info", rd, "--json", check=True).stdout)
+    assert info["manifest"]["class_counts"] == {"linear": 25, "helical": 25}
+    st = run_cli("status", rd)
+    assert st.returncode == 0 and "FINISHED" in st.stdout and "50 / 50" in st.stdout
+
+
+def test_status_of_a_directory_without_progress(tmp_path):
+    proc = run_cli("status", tmp_path)
+    assert proc.returncode == 1 and "MISSING" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "0"], "The 'n_samples' parameter of DatasetSpec must be an int in the range [1, inf). Got 0 instead."),
+    (["--image-size", "4"], "The 'image_size' parameter of DatasetSpec must be an int in the range [16, 1024]. Got 4 instead."),
+    (["--classes", "linear,zigzag"], "'zigzag'"),
+    (["--splits", "0.5,0.5,0.5"], "The 'splits' parameter of DatasetSpec"),
+    (["--style", "smear"], "The 'style' parameter of DatasetSpec must be one of {'dot', 'trail'}. Got 'smear' instead."),
+    (["--shard-size", "many"], "The 'shard_size' parameter of generate must be an int"),
+    (["-j", "0"], "The 'n_jobs' parameter of generate must be a non-zero int"),
+])
+def test_invalid_arguments_exit_2_and_leave_run_dir_unchanged(cli_run, args, message):
+    rd, _ = cli_run
+    before = snapshot(rd)
+    proc = run_cli("generate", rd, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert snapshot(rd) == before
+
+
+def test_unknown_class_lists_valid_ones(tmp_path):
+    proc = run_cli("generate", tmp_path / "r", "--classes", "zigzag")
+    assert proc.returncode == 2
+    assert "circular" in proc.stderr and "parabolic" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_parent_directory(tmp_path):
+    proc = run_cli("generate", tmp_path / "a" / "b", "-n", 5)
+    assert proc.returncode == 2 and "parent directory exists" in proc.stderr
+
+
+def test_spec_mismatch_via_cli(cli_run):
+    rd, _ = cli_run
+    before = snapshot(rd)
+    proc = run_cli("generate", rd, "-n", 60)
+    assert proc.returncode == 2 and "differing spec keys: classes, image_size, n_frames, n_samples, seed" in proc.stderr
+    assert snapshot(rd) == before
+
+
+def test_spec_file_argument(tmp_path, cli_run):
+    rd, _ = cli_run
+    proc = run_cli("generate", tmp_path / "copy", "--spec", os.path.join(rd, "spec.json"), "-j", 1,
+                   check=True)
+    assert "Samples:      50" in proc.stdout
+    assert open_dataset(tmp_path / "copy").spec == open_dataset(rd).spec
+
+
+def test_verify_on_a_non_run_dir(tmp_path):
+    proc = run_cli("verify", tmp_path)
+    assert proc.returncode == 1 and "not a trajlab run directory" in proc.stderr

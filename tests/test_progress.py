@@ -1,0 +1,92 @@
+"""Progress views and status interpretation."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trajlab.progress import Progress, format_status, read_status, resolve_mode
+from trajlab.storage import write_json_atomic
+
+
+def test_text_mode_prints_periodic_lines_and_writes_files(tmp_path):
+    out = io.StringIO()
+    p = Progress(str(tmp_path), total=1000, done=200, mode="text", text_interval=0.0,
+                 file_interval=0.0, info={"fingerprint": "abc"}, stream=out).start()
+    time.sleep(0.05)
+    p.update(300)
+    snap = json.load(open(tmp_path / "progress.json"))
+    assert snap["done"] == 500 and snap["total"] == 1000 and snap["percent"] == 50.0
+    assert snap["state"] == "running" and snap["resumed_from"] == 200
+    assert snap["rate_samples_per_second"] > 0 and snap["eta_seconds"] > 0
+    assert snap["pid"] == os.getpid() and snap["host"] == socket.gethostname()
+    assert snap["fingerprint"] == "abc"
+    final = p.close("finished")
+    assert final["state"] == "finished"
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[trajlab] running: 200 / 1,000 (20.0%)")
+    assert "500 / 1,000 (50.0%)" in lines[1]
+    assert lines[-1].startswith("[trajlab] finished: 500 / 1,000")
+    txt = open(tmp_path / "PROGRESS.txt").read()
+    assert "Completed:   500 / 1,000 (50.0%)" in txt and "State:       finished" in txt
+
+
+def test_heartbeat_refreshes_file_without_updates(tmp_path):
+    p = Progress(str(tmp_path), total=10, mode="none", heartbeat=0.1).start()
+    t1 = json.load(open(tmp_path / "progress.json"))["updated_unix"]
+    time.sleep(0.5)
+    t2 = json.load(open(tmp_path / "progress.json"))["updated_unix"]
+    p.close("interrupted", message="stopped by user")
+    assert t2 > t1
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "interrupted" and st["reason"] == "stopped by user"
+
+
+def test_mode_resolution(monkeypatch):
+    monkeypatch.setenv("TRAJLAB_PROGRESS", "text")
+    assert resolve_mode("auto") == "text"
+    monkeypatch.setenv("TRAJLAB_PROGRESS", "bogus")
+    assert resolve_mode("auto") in ("text", "bar")   # falls back to detection
+    assert resolve_mode("none") == "none"
+
+
+def _fake(tmp_path, **kw):
+    snap = {"state": "running", "done": 5, "total": 10, "percent": 50.0,
+            "updated_unix": time.time(), "updated_at": "x", "heartbeat_seconds": 15,
+            "pid": os.getpid(), "host": socket.gethostname()}
+    snap.update(kw)
+    write_json_atomic(tmp_path / "progress.json", snap)
+
+
+def test_status_running_when_fresh_and_owner_alive(tmp_path):
+    _fake(tmp_path)
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "running"
+    assert "RUNNING" in format_status("d", st)
+
+
+def test_status_stalled_when_pid_is_gone(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _fake(tmp_path, pid=dead.pid)
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "stalled" and str(dead.pid) in st["reason"]
+
+
+def test_status_stalled_when_file_is_stale(tmp_path):
+    _fake(tmp_path, host="some-other-host", updated_unix=time.time() - 600)
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "stalled" and "no update for 10m" in st["reason"]
+    _fake(tmp_path, host="some-other-host", updated_unix=time.time() - 30)
+    assert read_status(str(tmp_path))["verdict"] == "running"
+
+
+@pytest.mark.parametrize("state", ["finished", "failed"])
+def test_status_final_states(tmp_path, state):
+    _fake(tmp_path, state=state, message="m")
+    assert read_status(str(tmp_path))["verdict"] == state
