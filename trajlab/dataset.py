@@ -163,6 +163,29 @@ class TrajectoryData:
         out["split"] = SPLITS[int(out["splits"])]
         return out
 
+    def _checked_index(self, i):
+        """Normalise index ``i`` and verify its shard (unless verify='none')."""
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample index {i} out of range for {len(self)} samples")
+        i %= len(self)
+        if self.verify_mode != "none":
+            self.verify_shard(i // self.layout.shard_size)
+        return i
+
+    def video(self, i):
+        """Video of sample ``i``: a (T, 3, H, W) uint8 copy, verified per shard.
+
+        Faster than :meth:`sample` when only the frames are needed.
+        """
+        i = self._checked_index(i)
+        return np.array(self._arrays["videos"][i])
+
+    def label(self, i):
+        """Label of sample ``i`` (int), verified per shard."""
+        i = self._checked_index(i)
+        return int(self._arrays["labels"][i])
+
     def annotation(self, i):
         """Text ground truth of sample ``i``: class, split, params, equation,
         description."""

@@ -1,0 +1,295 @@
+"""trajlab.torchdata: torch datasets over a run directory.
+
+The in-memory generator (make_trajectories) is the oracle for every value.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import DataLoader  # noqa: E402
+
+import trajlab  # noqa: E402
+from trajlab.generator import SPLITS  # noqa: E402
+from trajlab.storage import RunDirError, read_json  # noqa: E402
+from trajlab.torchdata import TrajectoryForecastDataset, TrajectoryVideoDataset  # noqa: E402
+
+N, T, S, SHARD = 40, 8, 16, 8
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """A finished run dir (5 shards of 8) and the in-memory oracle."""
+    spec = trajlab.DatasetSpec(n_samples=N, n_frames=T, image_size=S, seed=3)
+    run_dir = tmp_path_factory.mktemp("torchdata") / "run"
+    trajlab.generate(spec, run_dir, n_jobs=1, shard_size=SHARD, progress="none")
+    videos, labels, ann = trajlab.make_trajectories(N, spec=spec, return_annotations=True)
+    return {"dir": str(run_dir), "spec": spec, "videos": videos, "labels": labels, "ann": ann}
+
+
+@pytest.fixture
+def run_copy(run, tmp_path):
+    """A private copy of the run dir, free to damage."""
+    dst = tmp_path / "run"
+    shutil.copytree(run["dir"], dst)
+    return str(dst)
+
+
+def _flip_video_byte(run_dir, sample):
+    """Flip one byte inside ``sample``'s video in videos.npy."""
+    path = os.path.join(run_dir, "videos.npy")
+    hlen = np.load(path, mmap_mode="r").offset
+    with open(path, "r+b") as fh:
+        fh.seek(hlen + sample * T * 3 * S * S + 100)
+        b = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+# ----------------------------------------------------------- values
+def test_uint8_items_are_the_generated_bytes(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None, dtype="uint8")
+    assert len(ds) == N
+    for i in range(N):
+        video, label = ds[i]
+        assert video.dtype == torch.uint8 and video.shape == (T, 3, S, S)
+        np.testing.assert_array_equal(video.numpy(), run["videos"][i])
+        assert type(label) is int and label == run["labels"][i]
+
+
+def test_float_items_are_bytes_over_255(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None)
+    expected = torch.from_numpy(run["videos"]).float() / 255
+    for i in (0, 17, N - 1, -1):
+        video, _ = ds[i]
+        assert video.dtype == torch.float32
+        assert torch.equal(video, expected[i])
+    assert 0.0 <= float(expected.min()) and float(expected.max()) <= 1.0
+    assert float(expected.max()) == 1.0       # white dot on black: full range used
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_split_indices_match_generator_and_manifest(run, split):
+    ds = TrajectoryVideoDataset(run["dir"], split=split, dtype="uint8")
+    code = SPLITS.index(split)
+    np.testing.assert_array_equal(ds.indices, np.flatnonzero(run["ann"]["splits"] == code))
+    manifest = read_json(os.path.join(run["dir"], "manifest.json"))
+    assert len(ds) == sum(manifest["split_counts"][split].values())
+    for k in range(len(ds)):
+        video, label = ds[k]
+        np.testing.assert_array_equal(video.numpy(), run["videos"][ds.indices[k]])
+        assert label == run["labels"][ds.indices[k]]
+
+
+def test_splits_partition_the_dataset(run):
+    parts = [TrajectoryVideoDataset(run["dir"], split=s).indices for s in SPLITS]
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(N))
+    assert len(parts[0]) > len(parts[1]) > 0
+
+
+def test_transform_and_target_transform_are_applied(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None, dtype="uint8",
+                                transform=lambda v: v[:, 0].sum(),
+                                target_transform=lambda y: ("label", y))
+    video, label = ds[5]
+    assert int(video) == int(run["videos"][5][:, 0].astype(np.int64).sum())
+    assert label == ("label", int(run["labels"][5]))
+
+
+def test_index_out_of_range(run):
+    ds = TrajectoryVideoDataset(run["dir"], split="val")
+    with pytest.raises(IndexError, match="out of range"):
+        ds[len(ds)]
+
+
+def test_repr_is_readable(run):
+    text = repr(TrajectoryVideoDataset(run["dir"], split="val", dtype="uint8"))
+    assert run["dir"] in text and "Split: val" in text
+    assert f"Number of datapoints: {len(TrajectoryVideoDataset(run['dir'], split='val'))}" in text
+    assert f"({T}, 3, {S}, {S}) uint8" in text
+    assert "linear, circular, helical, parabolic" in text
+    assert "Context frames: 4, future frames: 4" in repr(TrajectoryForecastDataset(run["dir"]))
+
+
+# ----------------------------------------------------- multiprocessing
+def test_pickle_holds_no_arrays_and_reopens(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None)
+    ds[0]
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20_000          # path, indices, spec: no memory-mapped data
+    clone = pickle.loads(blob)
+    assert clone._data is None
+    assert torch.equal(clone[3][0], ds[3][0])
+    assert clone._data is not None
+
+
+def test_reopens_after_fork(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None)
+    first = ds._dataset()
+    ds._pid = -1                        # what a forked worker sees
+    assert ds._dataset() is not first
+    assert torch.equal(ds[1][0], torch.from_numpy(run["videos"][1]).float() / 255)
+
+
+def _batches(ds, **kw):
+    return list(DataLoader(ds, batch_size=6, shuffle=False, **kw))
+
+
+def test_dataloader_workers_match_sequential(run):
+    ds = TrajectoryVideoDataset(run["dir"], split=None)
+    ref = _batches(ds, num_workers=0)
+    got = _batches(ds, num_workers=2)
+    assert len(got) == len(ref) == -(-N // 6)
+    for (v0, y0), (v1, y1) in zip(ref, got):
+        assert torch.equal(v0, v1) and torch.equal(y0, y1)
+    fc = TrajectoryForecastDataset(run["dir"], split=None)
+    for b0, b1 in zip(_batches(fc, num_workers=0), _batches(fc, num_workers=2)):
+        assert b0.keys() == b1.keys()
+        assert all(torch.equal(b0[k], b1[k]) for k in b0)
+
+
+@pytest.mark.slow                       # spawned workers import torch: 2-6 s
+def test_dataloader_spawn_workers_match_sequential(run):
+    ds = TrajectoryVideoDataset(run["dir"], split="train", dtype="uint8")
+    ref = _batches(ds, num_workers=0)
+    got = _batches(ds, num_workers=2, multiprocessing_context="spawn")
+    for (v0, y0), (v1, y1) in zip(ref, got, strict=True):
+        assert torch.equal(v0, v1) and torch.equal(y0, y1)
+
+
+# ------------------------------------------------------------- damage
+def test_flipped_byte_raises_for_that_shard_only(run_copy):
+    _flip_video_byte(run_copy, 2 * SHARD + 3)            # sample 19, shard 2
+    ds = TrajectoryVideoDataset(run_copy, split=None, dtype="uint8")
+    ds[0]                                                # shard 0 is intact
+    for i in (2 * SHARD, 2 * SHARD + 3):
+        with pytest.raises(RunDirError, match=r"Checksum mismatch in videos\.npy, shard 2"):
+            ds[i]
+    with pytest.raises(RuntimeError, match="corrupted"):  # still raises: never cached as good
+        ds[2 * SHARD + 3]
+    fc = TrajectoryForecastDataset(run_copy, split=None)
+    with pytest.raises(RunDirError, match="shard 2"):
+        fc[2 * SHARD + 1]
+
+
+# After a worker raised, torch's DataLoader waits its 5 s join timeout per
+# worker when the iterator is collected: slow.
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_flipped_byte_in_dataloader_raises(run_copy, workers):
+    _flip_video_byte(run_copy, 5)
+    ds = TrajectoryVideoDataset(run_copy, split=None)
+    it = iter(DataLoader(ds, batch_size=6, num_workers=workers))
+    with pytest.raises(RunDirError, match="Checksum mismatch in videos.npy, shard 0") as err:
+        list(it)
+    del err, it
+    gc.collect()                        # shut the workers down inside this test
+
+
+def test_verify_full_raises_at_construction(run_copy):
+    _flip_video_byte(run_copy, N - 1)
+    with pytest.raises(RunDirError, match="shard 4"):
+        TrajectoryVideoDataset(run_copy, verify="full")
+    ds = TrajectoryVideoDataset(run_copy, split=None, verify="none")   # explicit opt-out
+    ds[N - 1]
+
+
+def test_missing_dataset_raises_with_guidance(tmp_path):
+    with pytest.raises(RuntimeError, match=r"does not exist.*trajlab generate"):
+        TrajectoryVideoDataset(tmp_path / "nope")
+    with pytest.raises(RunDirError, match=r"not a trajlab run directory.*trajlab generate"):
+        TrajectoryForecastDataset(tmp_path)
+
+
+def test_incomplete_dataset_raises_with_guidance(run_copy):
+    os.remove(os.path.join(run_copy, "manifest.json"))
+    os.remove(os.path.join(run_copy, "shards", "00003.json"))
+    with pytest.raises(RuntimeError, match=r"incomplete \(4 of 5 shards.*trajlab generate"):
+        TrajectoryVideoDataset(run_copy)
+
+
+def test_truncated_file_raises(run_copy):
+    path = os.path.join(run_copy, "videos.npy")
+    os.truncate(path, os.path.getsize(path) - 1)
+    with pytest.raises(RuntimeError, match="truncated"):
+        TrajectoryVideoDataset(run_copy)
+
+
+# ------------------------------------------------------------ forecast
+@pytest.mark.parametrize("c,f", [(None, None), (1, None), (3, 2), (T - 1, 1)])
+def test_forecast_shapes_values_and_no_overlap(run, c, f):
+    ds = TrajectoryForecastDataset(run["dir"], split="val", n_context=c, n_future=f)
+    c = T // 2 if c is None else c
+    f = T - c if f is None else f
+    assert (ds.n_context, ds.n_future) == (c, f)
+    pos, pix = run["ann"]["positions"], run["ann"]["pixels"]
+    for k in range(len(ds)):
+        d = ds[k]
+        i = int(ds.indices[k])
+        assert d["index"] == i and d["label"] == run["labels"][i]
+        clip = torch.from_numpy(run["videos"][i]).float() / 255
+        assert d["context"].shape == (c, 3, S, S) and d["future"].shape == (f, 3, S, S)
+        assert torch.equal(d["context"], clip[:c]) and torch.equal(d["future"], clip[c:c + f])
+        assert d["context_pixels"].shape == (c, 2) and d["future_positions"].shape == (f, 3)
+        np.testing.assert_array_equal(d["context_pixels"].numpy(), pix[i, :c].astype(np.float32))
+        np.testing.assert_array_equal(d["future_pixels"].numpy(),
+                                      pix[i, c:c + f].astype(np.float32))
+        np.testing.assert_array_equal(d["context_positions"].numpy(),
+                                      pos[i, :c].astype(np.float32))
+        np.testing.assert_array_equal(d["future_positions"].numpy(),
+                                      pos[i, c:c + f].astype(np.float32))
+        # No overlap: input frames 0..c-1, target frames c..c+f-1, separate memory.
+        d["context"].fill_(-1.0)
+        assert torch.equal(d["future"], clip[c:c + f])
+        for a, b in (("context", "future"), ("context_pixels", "future_pixels"),
+                     ("context_positions", "future_positions")):
+            assert d[a].untyped_storage().data_ptr() != d[b].untyped_storage().data_ptr()
+
+
+def test_forecast_transform_applies_to_whole_clip(run):
+    ds = TrajectoryForecastDataset(run["dir"], split=None, n_context=3, dtype="uint8",
+                                   transform=lambda v: v.flip(-1))
+    d = ds[7]
+    clip = torch.from_numpy(run["videos"][7]).flip(-1)
+    assert torch.equal(d["context"], clip[:3]) and torch.equal(d["future"], clip[3:])
+
+
+def test_forecast_bad_lengths(run):
+    own = "TrajectoryForecastDataset"
+    with pytest.raises(ValueError, match=re.escape(
+            f"The 'n_context' parameter of {own} must be an int in the range [1, {T - 1}]. "
+            f"Got {T} instead.")):
+        TrajectoryForecastDataset(run["dir"], n_context=T)
+    with pytest.raises(ValueError, match=re.escape("in the range [1, inf). Got 0 instead.")):
+        TrajectoryForecastDataset(run["dir"], n_context=0)
+    with pytest.raises(ValueError, match=re.escape(
+            f"The 'n_future' parameter of {own} must be an int in the range [1, 3]. "
+            "Got 4 instead.")):
+        TrajectoryForecastDataset(run["dir"], n_context=5, n_future=4)
+    with pytest.raises(TypeError, match="'n_context' parameter"):
+        TrajectoryForecastDataset(run["dir"], n_context=2.0)
+
+
+# ---------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"split": "training"}, ValueError,
+     "The 'split' parameter of TrajectoryVideoDataset must be one of "
+     "{'train', 'val', 'test', None}. Got 'training' instead."),
+    ({"dtype": "float16"}, ValueError, "The 'dtype' parameter of TrajectoryVideoDataset"),
+    ({"verify": "yes"}, ValueError, "The 'verify' parameter of TrajectoryVideoDataset"),
+])
+def test_bad_arguments(run, kwargs, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        TrajectoryVideoDataset(run["dir"], **kwargs)
+
+
+def test_bad_root_type():
+    with pytest.raises(TypeError, match="The 'root' parameter of TrajectoryVideoDataset"):
+        TrajectoryVideoDataset(42)
