@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
 
 import numpy as np
 
@@ -83,6 +82,7 @@ class TrajectoryData:
         self.verify_mode = verify
         self._verified = set()
         self._records = {}
+        self._ann_cache = None
         if verify == "full":
             self.verify()
 
@@ -188,22 +188,40 @@ class TrajectoryData:
 
     def annotation(self, i):
         """Text ground truth of sample ``i``: class, split, params, equation,
-        description."""
+        description (checked against the shard's checksum unless
+        ``verify='none'``)."""
         i = int(i) % len(self)
         shard = i // self.layout.shard_size
-        return _load_annotations(self.layout.annotations_path(self.run_dir, shard))[
-            i - shard * self.layout.shard_size]
+        return self._shard_annotations(shard)[i - shard * self.layout.shard_size]
 
     def annotations(self):
         """Iterate over all annotation records in index order (streamed)."""
         for shard in range(self.layout.n_shards):
-            yield from _load_annotations(self.layout.annotations_path(self.run_dir, shard))
+            yield from self._shard_annotations(shard)
 
+    def _shard_annotations(self, shard):
+        if self._ann_cache is not None and self._ann_cache[0] == shard:
+            return self._ann_cache[1]
+        path = self.layout.annotations_path(self.run_dir, shard)
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if self.verify_mode != "none" and sha256_bytes(raw) != self._record(shard)["sha256"].get(
+                "annotations"):
+            raise RunDirError(
+                f"Checksum mismatch in {path!r} (shard {shard}): the annotations are corrupted. "
+                "Run `trajlab verify --repair` then `trajlab generate` on the run dir.")
+        recs = tuple(json.loads(line) for line in raw.decode("utf-8").splitlines())
+        self._ann_cache = (shard, recs)
+        return recs
 
-@lru_cache(maxsize=8)
-def _load_annotations(path):
-    with open(path, encoding="utf-8") as fh:
-        return tuple(json.loads(line) for line in fh)
+    # ------------------------------------------------------------ pickle
+    def __getstate__(self):
+        # never pickle the memory maps (they would be copied whole): the
+        # receiving process reopens the files
+        return {"run_dir": self.run_dir, "verify": self.verify_mode}
+
+    def __setstate__(self, state):
+        self.__init__(state["run_dir"], verify="none" if state["verify"] == "none" else "lazy")
 
 
 def open_dataset(run_dir, *, verify="lazy"):
