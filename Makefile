@@ -34,7 +34,7 @@ run: setup
 	$(VENV)/bin/trajlab run notebooks/03_validate_dataset.ipynb
 
 test: setup browser-deps
-	$(PY) -m pytest tests --nbval-lax --current-env notebooks -q
+	$(PY) -m pytest tests --nbval-lax --nbval-current-env notebooks -q
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not slow and not browser and not dask"

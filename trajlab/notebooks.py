@@ -1,0 +1,872 @@
+"""Run notebooks headlessly with papermill and keep every run as evidence.
+
+``trajlab run NOTEBOOK [-p NAME VALUE ...]`` (:func:`cli_run`) and
+:func:`run_notebook` execute a parameterised notebook and write::
+
+    runs/<UTC start YYYYmmddTHHMMSSZ>_<notebook stem>_<git sha7 or 'nogit'>[-dirty]/
+        <notebook name>   the executed notebook (autosaved while it runs)
+        run.json          parameters, git, versions, host, timing, status, fingerprint
+        SUCCESS           empty; only when the run succeeded
+
+Conventions
+-----------
+Root and working directory
+    The *root* of a notebook is the parent of its folder when that folder
+    is called ``notebooks`` (the repository layout: ``<repo>/notebooks/x.ipynb``
+    has root ``<repo>``), otherwise the notebook's own folder. The kernel
+    runs with the root as its working directory, so relative paths in
+    notebooks (``runs/...``, ``data/...``) mean the same thing whoever
+    launches the run and from wherever. A relative ``runs_dir`` is taken
+    relative to the root too.
+Parameters
+    Checked before anything runs against the notebook's cell tagged
+    ``parameters`` (names, annotated types, defaults, via
+    :func:`papermill.inspect_notebook`): an unknown name or a value of the
+    wrong type raises and creates no run folder. ``run.json`` records all
+    parameters (defaults merged with the overrides) and the overrides alone.
+Paths
+    ``run.json`` and the executed notebook's metadata hold paths relative
+    to the root (``notebooks/01_explore_trajectories.ipynb``); a run
+    folder outside the root is named relative to the parent of
+    ``runs_dir``. Absolute prefixes of the root, of ``sys.prefix`` and of
+    the home directory are also scrubbed from the notebook's text outputs
+    (tracebacks, warnings).
+Progress
+    The kernel gets ``TRAJLAB_PROGRESS=text`` (the generation engine then
+    prints plain text progress lines), and papermill saves the output
+    notebook at most every ``autosave_seconds`` while cells produce output,
+    so a long run can be watched by reading that file. ``run.json`` is
+    written with ``"status": "running"`` when the run starts.
+Success
+    A run succeeded when every cell ran without error. Then ``run.json``
+    has ``"success": true`` and ``"status": "succeeded"``, the run folder
+    holds an empty ``SUCCESS`` file, and the executed notebook ends with a
+    markdown cell saying so and carries ``metadata.trajlab.success = true``.
+    Failures get ``false``/``"failed"``, an error summary, no ``SUCCESS``
+    file, and a non-zero exit status from :func:`cli_run`.
+Dataset fingerprint
+    Taken from ``<run_dir>/spec.json`` (key ``"fingerprint"``) when the
+    notebook has a ``run_dir`` parameter (or any ``*_dir`` parameter)
+    pointing at a dataset, otherwise from a ``fingerprint: <hex>`` line in
+    the notebook's outputs; ``null`` if neither exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._validation import fail
+
+__all__ = ["RunResult", "run_notebook", "cli_run", "notebook_parameters",
+           "validate_parameters", "parse_value", "notebook_root", "git_state",
+           "RUN_JSON", "SUCCESS_FILE"]
+
+RUN_JSON = "run.json"
+SUCCESS_FILE = "SUCCESS"
+#: Version of the run.json layout.
+RUN_SCHEMA = 1
+#: Environment given to the kernel (on top of the parent's).
+KERNEL_ENV = {"TRAJLAB_PROGRESS": "text"}
+_VERSIONED = ("trajlab", "numpy", "joblib", "matplotlib", "ipywidgets", "papermill",
+              "nbclient", "nbformat", "ipykernel", "torch")
+_FINGERPRINT_RE = re.compile(r"fingerprint\W{0,3}\s*([0-9a-f]{16,64})\b", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- result
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of :func:`run_notebook`.
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+        The run folder (absolute).
+    output : pathlib.Path
+        The executed notebook inside it.
+    record : dict
+        The content of ``run.json``.
+    """
+
+    run_dir: Path
+    output: Path
+    record: dict = field(repr=False)
+
+    @property
+    def success(self):
+        """True when every cell ran without error."""
+        return bool(self.record.get("success"))
+
+    @property
+    def exit_code(self):
+        """0 on success, 1 otherwise."""
+        return 0 if self.success else 1
+
+
+# ---------------------------------------------------------------- paths, git, versions
+def notebook_root(notebook):
+    """Root directory of a notebook: the parent of a ``notebooks/`` folder,
+    else the notebook's folder (absolute)."""
+    parent = Path(notebook).resolve().parent
+    return parent.parent if parent.name == "notebooks" else parent
+
+
+def _rel(path, root, runs_dir=None):
+    """``path`` relative to ``root``; outside it, relative to ``runs_dir``'s
+    parent; never absolute."""
+    path = Path(path).resolve()
+    for base in (root, None if runs_dir is None else Path(runs_dir).resolve().parent):
+        if base is not None:
+            try:
+                return path.relative_to(base).as_posix() or "."
+            except ValueError:
+                pass
+    return path.name
+
+
+def _git(root, *args):
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(root, ignore=None):
+    """Commit and dirty flag of the git work tree holding ``root``.
+
+    Parameters
+    ----------
+    root : path-like
+    ignore : path-like, optional
+        A folder whose changes do not count as dirty (the runs folder, so
+        earlier runs do not make every later one dirty).
+
+    Returns
+    -------
+    sha : str or None
+        Full commit hash; None outside a git work tree, without git, or
+        before the first commit.
+    dirty : bool or None
+        Whether tracked files differ from the commit or untracked files
+        exist (outside ``ignore``); None when ``sha`` is None.
+    """
+    sha = _git(root, "rev-parse", "--verify", "-q", "HEAD")
+    if not sha:
+        return None, None
+    top = (_git(root, "rev-parse", "--show-toplevel") or "").strip()
+    status = _git(root, "status", "--porcelain", "-z", "--untracked-files=normal")
+    if status is None:
+        return sha.strip(), None
+    skip = None
+    if ignore is not None and top:
+        try:
+            skip = Path(ignore).resolve().relative_to(Path(top).resolve()).as_posix()
+        except ValueError:
+            skip = None
+    entries = [e for e in status.split("\0") if len(e) > 3]
+    changed = [e[3:] for e in entries
+               if not (skip and skip != "." and (e[3:] == skip or e[3:].startswith(skip + "/")
+                                                 or e[3:] == skip + "/"))]
+    return sha.strip(), bool(changed)
+
+
+def _versions():
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now():
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _iso(t):
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_json(path, data):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- parameters
+def parse_value(text):
+    """Parse a command-line value like papermill's ``-p``, plus JSON.
+
+    ``True``/``true``, ``False``/``false``, ``None``/``null``, ints and
+    floats become Python values; ``[...]``/``{...}``/``(...)`` are parsed
+    as JSON or Python literals; anything else stays a string.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    bool, None, int, float, list, dict, tuple or str
+    """
+    s = text.strip()
+    consts = {"True": True, "true": True, "False": False, "false": False,
+              "None": None, "null": None}
+    if s in consts:
+        return consts[s]
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    if s[:1] in "[{(" and s[-1:] in "]})":
+        try:
+            return json.loads(s)
+        except ValueError:
+            pass
+        try:
+            return ast.literal_eval(s)
+        except (ValueError, SyntaxError):
+            pass
+    return text
+
+
+_TYPES = {
+    "int": ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a float", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("a bool", lambda v: isinstance(v, bool)),
+    "str": ("a str", lambda v: isinstance(v, str)),
+    "list": ("a list", lambda v: isinstance(v, (list, tuple))),
+    "tuple": ("a tuple", lambda v: isinstance(v, (list, tuple))),
+    "dict": ("a dict", lambda v: isinstance(v, dict)),
+}
+
+
+def _type_of(annotation, default):
+    """Normalised expected type (e.g. ``"int"``, ``"Optional[int]"`` -> ``("int",
+    True)``) or None when unknown."""
+    name = (annotation or "None").strip()
+    optional = False
+    m = (re.fullmatch(r"(?:typing\.)?Optional\[\s*(\w+)\s*\]", name)
+         or re.fullmatch(r"(\w+)\s*\|\s*None", name) or re.fullmatch(r"None\s*\|\s*(\w+)", name))
+    if m:
+        name, optional = m.group(1), True
+    name = name.split("[", 1)[0].strip()
+    name = {"List": "list", "Tuple": "tuple", "Dict": "dict"}.get(name, name)
+    if name in _TYPES:
+        return name, optional
+    if name in ("None", "NoneType", "") and default is not _UNKNOWN and default is not None:
+        # no annotation: infer from a literal default
+        for key in ("bool", "int", "float", "str", "list", "tuple", "dict"):
+            if type(default).__name__ == key:
+                return key, False
+    return None, False
+
+
+class _Unknown:
+    def __repr__(self):
+        return "<not a literal>"
+
+
+_UNKNOWN = _Unknown()
+
+
+def _parse_parameters_cell(source):
+    """Parameters of a ``parameters`` cell source with :mod:`ast`.
+
+    Returns a list of ``(name, annotation, default_source, help)``, or None
+    when the cell is not plain Python (then papermill's parser is used).
+    """
+    lines = source.splitlines()
+    # IPython magics / shell escapes are not Python; blank them out
+    clean = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in lines)
+    try:
+        tree = ast.parse(clean)
+    except SyntaxError:
+        return None
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            targets, annotation = [node.target.id], ast.unparse(node.annotation)
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            targets, annotation = [t.id for t in node.targets], None
+        else:
+            continue
+        if node.value is None:
+            continue
+        value = ast.get_source_segment(clean, node.value) or ast.unparse(node.value)
+        last = lines[node.end_lineno - 1]
+        help_ = ""
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(last + "\n").readline):
+                if tok.type == tokenize.COMMENT:
+                    help_ = tok.string.lstrip("#").strip()
+        except (tokenize.TokenError, IndentationError, SyntaxError):
+            pass
+        for name in targets:
+            out.append((name, annotation, value, help_))
+    return out
+
+
+def notebook_parameters(notebook):
+    """Parameters declared in a notebook's cell tagged ``parameters``.
+
+    The cell is parsed with :mod:`ast` (papermill's regular expression
+    skips any line with a second ``=``, e.g. in a comment); cells that are
+    not plain Python fall back to :func:`papermill.inspect_notebook`.
+
+    Parameters
+    ----------
+    notebook : path-like
+
+    Returns
+    -------
+    dict of str to dict
+        For each name (in cell order): ``type`` (``"int"``, ``"float"``,
+        ``"bool"``, ``"str"``, ``"list"``, ``"tuple"``, ``"dict"`` or None
+        when unknown), ``optional`` (None allowed), ``default`` (the
+        evaluated literal; the source text if it is not a literal),
+        ``default_source``, ``literal`` (whether the default is a literal)
+        and ``help`` (the trailing comment).
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return {}
+    found = _parse_parameters_cell(cells[0].source)
+    if found is None:
+        import papermill
+
+        found = [(name, p["inferred_type_name"], p["default"], p["help"])
+                 for name, p in papermill.inspect_notebook(str(notebook)).items()]
+    out = {}
+    for name, annotation, src, help_ in found:
+        try:
+            default = ast.literal_eval(src)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            default = _UNKNOWN
+        typ, optional = _type_of(annotation, default)
+        out[name] = {"type": typ, "optional": optional,
+                     "default": src if default is _UNKNOWN else default,
+                     "default_source": src, "literal": default is not _UNKNOWN,
+                     "help": help_}
+    return out
+
+
+def _check_kernel(name):
+    """Fail early (no run folder) when the Jupyter kernel is not installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        fail("kernel_name", "run_notebook",
+             f"an installed Jupyter kernel (one of {sorted(ksm.find_kernel_specs())}; "
+             "install one with `python -m ipykernel install --sys-prefix --name python3`)",
+             name)
+
+
+def validate_parameters(notebook, parameters, declared=None):
+    """Check overrides against the notebook's ``parameters`` cell.
+
+    Parameters
+    ----------
+    notebook : path-like
+    parameters : dict of str to object
+        Overrides.
+    declared : dict, optional
+        Output of :func:`notebook_parameters` (computed when omitted).
+
+    Returns
+    -------
+    dict
+        All parameters: defaults merged with the overrides.
+
+    Raises
+    ------
+    ValueError
+        Unknown parameter name (the message lists the valid ones).
+    TypeError
+        A value of the wrong type, e.g. *"The 'n_samples' parameter of
+        notebook 02_generate_dataset must be an int. Got 'abc' instead."*
+    ValueError
+        A :class:`~trajlab.spec.DatasetSpec` field out of range, e.g. *"The
+        'n_frames' parameter of notebook 01_explore_trajectories must be an
+        int in the range [2, inf). Got 1 instead."*
+    """
+    stem = Path(notebook).stem
+    owner = f"notebook {stem}"
+    declared = notebook_parameters(notebook) if declared is None else declared
+    parameters = dict(parameters or {})
+    if parameters and not declared:
+        raise ValueError(f"The notebook {stem} has no cell tagged 'parameters' (or it declares "
+                         f"nothing), so it takes no parameters. Got {sorted(parameters)}.")
+    unknown = [k for k in parameters if k not in declared]
+    if unknown:
+        raise ValueError(
+            f"Unknown parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)} for {owner}; valid parameters are: "
+            f"{', '.join(declared)}.")
+    for name, value in parameters.items():
+        info = declared[name]
+        if info["type"] is None or (value is None and info["optional"]):
+            continue
+        expected, ok = _TYPES[info["type"]]
+        if not ok(value):
+            fail(name, owner, expected + (" or None" if info["optional"] else ""), value,
+                 TypeError)
+    merged = {k: info["default"] for k, info in declared.items()}
+    merged.update(parameters)
+    _check_spec_fields(merged, parameters, declared, owner)
+    return merged
+
+
+def _check_spec_fields(merged, overrides, declared, owner):
+    """Range-check parameters named like :class:`DatasetSpec` fields.
+
+    trajlab notebooks pass such parameters straight to ``DatasetSpec``, so
+    checking them here reports a bad value (e.g. ``n_frames=1``) before a
+    kernel starts, in the same template, naming the notebook.
+    """
+    import dataclasses
+
+    from .spec import DatasetSpec
+
+    fields = {f.name for f in dataclasses.fields(DatasetSpec)}
+    if not fields & set(overrides):
+        return
+    kwargs = {k: v for k, v in merged.items()
+              if k in fields and (k in overrides or declared[k]["literal"])}
+    for key in ("classes", "splits", "background_color", "object_color"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        DatasetSpec(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(str(exc).replace(" of DatasetSpec ", f" of {owner} ")) from None
+
+
+# ---------------------------------------------------------------- execution helpers
+@contextlib.contextmanager
+def _chdir(path):
+    """Temporarily change the process's working directory (the kernel is
+    started from it; papermill's ``cwd`` does the same)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _environ(extra):
+    """Temporarily set environment variables (the kernel inherits them)."""
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _scrubber(root):
+    """Function replacing machine-specific absolute prefixes in text."""
+    subs = []
+    for prefix, repl in ((str(root), "."), (sys.prefix, "<sys.prefix>"),
+                         (sys.base_prefix, "<sys.base_prefix>"),
+                         (os.path.expanduser("~"), "~")):
+        if prefix and prefix not in ("/", "~") and len(prefix) > 1:
+            subs.append((prefix.rstrip("/") + "/", "" if repl == "." else repl + "/"))
+            subs.append((prefix.rstrip("/"), repl))
+    subs.sort(key=lambda s: -len(s[0]))
+
+    def scrub(text):
+        if not isinstance(text, str):
+            return text
+        for a, b in subs:
+            text = text.replace(a, b)
+        return text
+    return scrub
+
+
+def _scrub_outputs(nb, scrub):
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = scrub(out["text"])
+            if "evalue" in out:
+                out["evalue"] = scrub(out["evalue"])
+            if "traceback" in out:
+                out["traceback"] = [scrub(line) for line in out["traceback"]]
+            data = out.get("data", {})
+            if "text/plain" in data:
+                data["text/plain"] = scrub(data["text/plain"])
+
+
+def _fingerprint_from_outputs(nb):
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            texts = [out.get("text", "")]
+            texts.append(out.get("data", {}).get("text/plain", ""))
+            for text in texts:
+                if isinstance(text, list):
+                    text = "".join(text)
+                m = _FINGERPRINT_RE.search(text or "")
+                if m:
+                    return m.group(1)
+    return None
+
+
+def _fingerprint_from_params(params, root):
+    names = sorted((k for k in params if k == "run_dir" or k.endswith("_dir")),
+                   key=lambda k: k != "run_dir")
+    for name in names:
+        value = params[name]
+        if not isinstance(value, str) or not value:
+            continue
+        spec_json = (root / value / "spec.json")
+        try:
+            fp = json.loads(spec_json.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fp, str) and fp:
+            return fp, f"{name}/spec.json"
+    return None, None
+
+
+def _finalise_notebook(output, record, root, runs_dir):
+    """Load the executed notebook and fix it up: relative paths, scrubbed
+    outputs, the trajlab metadata and the closing sentinel cell. Returns
+    the notebook (None if papermill never wrote one); the caller saves it."""
+    import nbformat
+
+    if not output.exists():
+        return None
+    nb = nbformat.read(str(output), as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(pm.get(key), str):
+            pm[key] = _rel(pm[key], root, runs_dir)
+    _scrub_outputs(nb, _scrubber(root))
+    nb.metadata["trajlab"] = {
+        "success": record["success"], "status": record["status"],
+        "run_dir": record["run_dir"], "git_sha": record["git_sha"],
+        "git_dirty": record["git_dirty"], "dataset_fingerprint": record["dataset_fingerprint"],
+    }
+    if record["success"]:
+        text = (f"**trajlab run succeeded** — finished {record['ended']} after "
+                f"{record['duration_seconds']:.1f} s; commit `{record['git_sha'] or 'none'}`"
+                f"{' (dirty)' if record['git_dirty'] else ''}; run folder "
+                f"`{record['run_dir']}`.")
+    else:
+        text = (f"**trajlab run FAILED** — {record['error']['summary']} "
+                f"(finished {record['ended']}; run folder `{record['run_dir']}`).")
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = ["trajlab-sentinel"]
+    nb.cells.append(cell)
+    return nb
+
+
+def _write_notebook(nb, output):
+    import nbformat
+
+    tmp = output.with_name(output.name + ".tmp")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, output)
+
+
+def _error_summary(exc, scrub):
+    ename = getattr(exc, "ename", None)
+    if ename is not None:     # PapermillExecutionError
+        evalue = scrub(str(getattr(exc, "evalue", "")))
+        cell = getattr(exc, "cell_index", None)
+        count = getattr(exc, "exec_count", None)
+        summary = f"{ename}: {evalue}" + (f" (cell In [{count}])" if count is not None else "")
+        return {"summary": summary, "ename": ename, "evalue": evalue, "cell_index": cell,
+                "execution_count": count}
+    msg = scrub(str(exc)).strip().splitlines()
+    return {"summary": f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": "),
+            "ename": type(exc).__name__, "evalue": "\n".join(msg), "cell_index": None,
+            "execution_count": None}
+
+
+def _make_run_dir(runs_dir, stamp, stem, sha, dirty):
+    base = f"{stamp}_{stem}_{sha[:7] if sha else 'nogit'}{'-dirty' if dirty else ''}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        path = runs_dir / (base if k == 1 else f"{base}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"Could not create a run folder {base} in {runs_dir}.")
+
+
+def _command(notebook_rel, overrides, runs_dir_rel, kernel):
+    parts = ["trajlab", "run", notebook_rel]
+    for k, v in overrides.items():
+        parts += ["-p", k, v if isinstance(v, str) else json.dumps(v)]
+    if runs_dir_rel != "runs":
+        parts += ["--runs-dir", runs_dir_rel]
+    if kernel != "python3":
+        parts += ["--kernel", kernel]
+    return shlex.join(parts)
+
+
+# ---------------------------------------------------------------- public API
+def run_notebook(notebook, parameters=None, *, runs_dir="runs", kernel_name="python3",
+                 autosave_seconds=30, log_output=True):
+    """Execute a notebook with papermill into a new run folder.
+
+    Parameters
+    ----------
+    notebook : path-like
+        The source ``.ipynb``.
+    parameters : dict of str to object, optional
+        Overrides of the notebook's ``parameters`` cell; validated before
+        anything runs.
+    runs_dir : path-like, default="runs"
+        Where run folders go; relative paths are relative to the
+        notebook's root (see the module docstring).
+    kernel_name : str, default="python3"
+    autosave_seconds : float, default=30
+        Save the output notebook at most this often while cells print
+        (papermill's ``autosave_cell_every``); 0 disables it.
+    log_output : bool, default=True
+        Stream the notebook's stdout/stderr to this process's.
+
+    Returns
+    -------
+    RunResult
+        Also when the notebook failed (``result.success`` is False); a
+        failed run still has its folder, executed notebook and
+        ``run.json``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad arguments or parameters, or a kernel that is not installed
+        (before any folder is created).
+    FileNotFoundError
+        The notebook does not exist.
+    """
+    nb_path = Path(notebook)
+    if not isinstance(notebook, (str, os.PathLike)) or nb_path.suffix != ".ipynb":
+        fail("notebook", "run_notebook", "a path to a .ipynb file", notebook)
+    if not nb_path.is_file():
+        raise FileNotFoundError(f"The 'notebook' parameter of run_notebook must be an existing "
+                                f".ipynb file. Got {str(notebook)!r}, which does not exist.")
+    if parameters is not None and not isinstance(parameters, dict):
+        fail("parameters", "run_notebook", "a dict of parameter names to values", parameters,
+             TypeError)
+    if not isinstance(kernel_name, str) or not kernel_name:
+        fail("kernel_name", "run_notebook", "a non-empty str", kernel_name, TypeError)
+    if (isinstance(autosave_seconds, bool) or not isinstance(autosave_seconds, (int, float))
+            or autosave_seconds < 0):
+        fail("autosave_seconds", "run_notebook", "a float in the range [0, inf)",
+             autosave_seconds)
+    nb_path = nb_path.resolve()
+    root = notebook_root(nb_path)
+    overrides = dict(parameters or {})
+    merged = validate_parameters(nb_path, overrides, notebook_parameters(nb_path))
+    _check_kernel(kernel_name)
+
+    import papermill as pm
+
+    runs_dir = Path(runs_dir)
+    runs_dir = (runs_dir if runs_dir.is_absolute() else root / runs_dir).resolve()
+    started = _now()
+    sha, dirty = git_state(root, ignore=runs_dir)
+    run_dir = _make_run_dir(runs_dir, started.strftime("%Y%m%dT%H%M%SZ"), nb_path.stem, sha,
+                            dirty)
+    output = run_dir / nb_path.name
+    scrub = _scrubber(root)
+    record = {
+        "schema": RUN_SCHEMA,
+        "notebook": _rel(nb_path, root),
+        "output": _rel(output, root, runs_dir),
+        "run_dir": _rel(run_dir, root, runs_dir),
+        "working_directory": ".",
+        "working_directory_is": ("the repository root (parent of notebooks/)"
+                                 if nb_path.parent.name == "notebooks"
+                                 else "the notebook's folder"),
+        "command": _command(_rel(nb_path, root), overrides, _rel(runs_dir, root, runs_dir),
+                            kernel_name),
+        "parameters": merged,
+        "overrides": overrides,
+        "kernel": kernel_name,
+        "kernel_env": dict(KERNEL_ENV),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "versions": _versions(),
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                 "machine": platform.machine(), "cpu_count": os.cpu_count(), "pid": os.getpid()},
+        "started": _iso(started),
+        "ended": None,
+        "duration_seconds": None,
+        "status": "running",
+        "exit_status": None,
+        "success": False,
+        "error": None,
+        "dataset_fingerprint": None,
+        "fingerprint_source": None,
+    }
+    _write_json(run_dir / RUN_JSON, record)
+    log = sys.stderr
+    if log_output:
+        print(f"[trajlab run] {record['notebook']} -> {record['output']} "
+              f"(autosaved every {autosave_seconds:g} s while running)", file=log, flush=True)
+    t0 = time.monotonic()
+    error, interrupted = None, None
+    try:
+        # Paths are given relative to the root and the process runs from the
+        # root, so papermill's metadata never holds absolute paths, even in
+        # the autosaved copies written while the notebook runs.
+        with _environ(KERNEL_ENV), _chdir(root):
+            pm.execute_notebook(
+                os.path.relpath(nb_path, root), os.path.relpath(output, root),
+                parameters=overrides, kernel_name=kernel_name, cwd=None,
+                autosave_cell_every=autosave_seconds, progress_bar=False, log_output=False,
+                stdout_file=sys.stdout if log_output else None,
+                stderr_file=sys.stderr if log_output else None,
+                request_save_on_cell_execute=True)
+    except KeyboardInterrupt as exc:
+        error, interrupted = exc, exc
+    except Exception as exc:  # any failure is recorded, not raised
+        error = exc
+    ended = _now()
+    record.update(ended=_iso(ended), duration_seconds=round(time.monotonic() - t0, 3))
+    if error is None:
+        record.update(status="succeeded", exit_status=0, success=True)
+    else:
+        record.update(status="failed", exit_status=1, success=False,
+                      error=_error_summary(error, scrub) if interrupted is None else
+                      {"summary": "KeyboardInterrupt: interrupted", "ename": "KeyboardInterrupt",
+                       "evalue": "", "cell_index": None, "execution_count": None})
+    fp, source = _fingerprint_from_params(merged, root)
+    nb = None
+    try:
+        nb = _finalise_notebook(output, record, root, runs_dir)
+    except Exception as exc:  # a damaged output notebook must not hide the record
+        record["finalise_error"] = scrub(f"{type(exc).__name__}: {exc}")
+    if fp is None and nb is not None:
+        fp = _fingerprint_from_outputs(nb)
+        source = "notebook output" if fp else None
+    record.update(dataset_fingerprint=fp, fingerprint_source=source)
+    if nb is not None:
+        nb.metadata["trajlab"]["dataset_fingerprint"] = fp
+        _write_notebook(nb, output)
+    _write_json(run_dir / RUN_JSON, record)
+    if record["success"]:
+        (run_dir / SUCCESS_FILE).touch()
+    if log_output:
+        if record["success"]:
+            print(f"[trajlab run] succeeded in {record['duration_seconds']:.1f} s: "
+                  f"{record['run_dir']}", file=log, flush=True)
+        else:
+            print(f"[trajlab run] FAILED after {record['duration_seconds']:.1f} s: "
+                  f"{record['error']['summary']}\n[trajlab run] see {record['output']}",
+                  file=log, flush=True)
+    if interrupted is not None:
+        raise interrupted
+    return RunResult(run_dir=run_dir, output=output, record=record)
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="trajlab run",
+        description="Execute a notebook headlessly with papermill into "
+                    "runs/<UTC time>_<notebook>_<git sha>/ with a run.json record. "
+                    "The kernel's working directory is the repository root (the parent "
+                    "of notebooks/), or the notebook's folder elsewhere.")
+    p.add_argument("notebook", help="path to the .ipynb to run")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"),
+                   help="override a parameter (repeatable); VALUE is parsed like papermill's "
+                        "-p (int, float, True/False, None, JSON lists/dicts, else a string)")
+    p.add_argument("--runs-dir", default="runs",
+                   help="folder for run folders; relative to the notebook's root "
+                        "(default: runs)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    p.add_argument("--autosave", type=float, default=30.0, metavar="SECONDS",
+                   help="save the output notebook this often while running (default: 30)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not stream the notebook's output")
+    p.add_argument("--list-parameters", action="store_true",
+                   help="print the notebook's parameters and exit")
+    return p
+
+
+def cli_run(argv=None):
+    """Command line of ``trajlab run``; returns the process exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after ``run`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 when the notebook ran to the end; 1 when it failed (its run
+        folder and ``run.json`` say why); 2 for bad arguments or
+        parameters (nothing was run).
+    """
+    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    nb = Path(args.notebook)
+    try:
+        if nb.suffix != ".ipynb" or not nb.is_file():
+            raise FileNotFoundError(f"notebook {args.notebook!r} not found (expected an "
+                                    f"existing .ipynb file)")
+        declared = notebook_parameters(nb)
+        if args.list_parameters:
+            for name, info in declared.items():
+                typ = info["type"] or "any"
+                print(f"{name}: {typ} = {info['default_source']}"
+                      + (f"  # {info['help']}" if info["help"] else ""))
+            return 0
+        overrides = {}
+        for name, raw in args.parameter:
+            typ = declared.get(name, {}).get("type")
+            # a str parameter keeps the text as typed ("007" stays "007")
+            overrides[name] = raw if typ == "str" else parse_value(raw)
+        validate_parameters(nb, overrides, declared)
+        result = run_notebook(nb, overrides, runs_dir=args.runs_dir, kernel_name=args.kernel,
+                              autosave_seconds=args.autosave, log_output=not args.quiet)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"trajlab run: error: {exc}", file=sys.stderr)
+        return 2
+    return result.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_run())
