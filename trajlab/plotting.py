@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 
 from . import camera as cam
 
-__all__ = ["montage", "plot_paths_3d", "plot_paths_2d", "frame_strip", "animate",
-           "parameter_histograms", "sample_figure", "class_colors", "to_png"]
+__all__ = ["montage", "plot_paths_3d", "plot_paths_2d", "plot_paths_by_class", "frame_strip",
+           "animate", "parameter_histograms", "plot_rejections", "sample_figure",
+           "class_colors", "to_png"]
 
 #: Grey (uint8) of the gaps between tiled frames.
 GAP_VALUE = 96
@@ -377,6 +378,57 @@ def plot_paths_2d(pixels, image_size, ax=None, *, background=None, labels=None,
     return fig
 
 
+def plot_paths_by_class(pixels, labels, image_size, class_names=None, *, max_per_class=50,
+                        title=None):
+    """Projected paths overlaid, one panel per class.
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (N, T, 2)
+        Sub-pixel ``(u, v)`` positions, unclipped (a memory map is fine: only
+        the shown paths are read).
+    labels : ndarray of shape (N,), int
+    image_size : int
+    class_names : sequence of str, optional
+        Names of labels ``0..C-1``; default the labels present.
+    max_per_class : int, default=50
+        Paths shown per class: the first ones in index order.
+    title : str, optional
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        One panel per class, as :func:`plot_paths_2d`, in the class colour.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != pixels.shape[0]:
+        raise ValueError(f"The 'labels' parameter of plot_paths_by_class must have shape "
+                         f"({pixels.shape[0]},). Got shape {labels.shape} instead.")
+    if isinstance(max_per_class, bool) or not isinstance(max_per_class, (int, np.integer)) \
+            or max_per_class < 1:
+        raise ValueError("The 'max_per_class' parameter of plot_paths_by_class must be an int "
+                         f"in the range [1, inf). Got {max_per_class!r} instead.")
+    ks = (np.arange(len(class_names)) if class_names is not None
+          else np.unique(labels).astype(int))
+    fig = Figure(figsize=(3.3 * len(ks), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(ks), squeeze=False)[0]
+    for ax, k in zip(axes, ks):
+        members = np.flatnonzero(labels == k)
+        idx = members[:max_per_class]
+        name = class_names[k] if class_names is not None else str(k)
+        if idx.size == 0:
+            ax.set_title(f"{name}: no samples", fontsize="small")
+            ax.set_axis_off()
+            continue
+        plot_paths_2d(np.asarray(pixels[idx]), image_size, ax=ax,
+                      labels=np.full(idx.size, k),
+                      title=f"{name}: {idx.size} of {members.size}")
+        ax.title.set_fontsize("small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def sample_figure(video, positions, pixels, R, t, K, image_size, *, radius=None,
                   title=None, subtitle=None, frames=None):
     """One clip at a glance: 3D path with camera, projected path, frame strip.
@@ -563,4 +615,48 @@ def parameter_histograms(records, *, bins=20, class_names=None):
             ax.set_title(f"{c}: {name}", fontsize="small")
             ax.tick_params(labelsize="x-small")
         axes[r, 0].set_ylabel(f"{c}\n(n={len(by_class[c])})")
+    return fig
+
+
+# ---------------------------------------------------------------- rejections
+def plot_rejections(manifest, ax=None, *, title=None):
+    """Redrawn (rejected) draws per class, from a run's ``manifest.json``.
+
+    A draw is rejected, and redrawn from the sample's own stream, when its
+    dot would leave the frame or move too little (see
+    :class:`trajlab.DatasetSpec`). The bar is the rejection rate,
+    ``rejections / (rejections + kept)``; the label gives the counts.
+
+    Parameters
+    ----------
+    manifest : dict
+        ``TrajectoryData.manifest`` (needs ``class_names``,
+        ``class_counts`` and ``rejections``).
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    try:
+        names = list(manifest["class_names"])
+        rej = np.array([manifest["rejections"][c] for c in names], dtype=np.float64)
+        kept = np.array([manifest["class_counts"][c] for c in names], dtype=np.float64)
+    except (KeyError, TypeError):
+        raise ValueError("The 'manifest' parameter of plot_rejections must be a run manifest "
+                         "with 'class_names', 'class_counts' and 'rejections'. "
+                         f"Got {type(manifest).__name__} instead.") from None
+    rate = 100.0 * rej / np.maximum(1.0, rej + kept)
+    fig, ax = _new_axes(ax, (1.2 + 1.3 * len(names), 3.2))
+    x = np.arange(len(names))
+    ax.bar(x, rate, color=class_colors(len(names)), alpha=0.85)
+    for k in range(len(names)):
+        ax.annotate(f"{int(rej[k]):,} of {int(rej[k] + kept[k]):,} draws", (x[k], rate[k]),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize="x-small")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("rejected draws (%)")
+    ax.set_ylim(0, max(1.0, float(rate.max()) * 1.25))
+    ax.set_title(title or "rejected (redrawn) draws per class")
     return fig
