@@ -106,7 +106,7 @@ def check_rgb(value, name, owner, allow_random=False):
     expected = "an (r, g, b) triple of ints in the range [0, 255]"
     if allow_random:
         expected += " or 'random'"
-        if value == "random":
+        if isinstance(value, str) and value == "random":
             return value
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
         fail(name, owner, expected, value, TypeError)

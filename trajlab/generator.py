@@ -13,14 +13,17 @@ Randomness
   ``SeedSequence(seed, spawn_key=(LABEL_KEY, block))``. Any prefix of a
   dataset is thus balanced to within one sample per class, and the j-th
   sample of each class lies in block j.
-* Splits are stratified per class with a golden-ratio (Weyl) sequence over
-  the within-class index ``j``, offset per class: every prefix of every
-  class holds each split's fraction to within about two samples.
+* Splits are stratified per class by two nested Bresenham (floor) sequences
+  over the within-class index ``j``, with random phases per class: sample
+  ``j`` is train when ``floor((j+1) f_train + o) > floor(j f_train + o)``,
+  and the non-train samples are divided between val and test the same way.
+  Every prefix of every class then holds its train count within one sample
+  and its val and test counts within two samples of the expected fractions
+  (a golden-ratio sequence, used before, drifted by up to ~3.5).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +45,6 @@ NEAR_PLANE = 0.5
 MAX_ATTEMPTS = 1000
 _N_CAMERA, _N_COLOR = 4, 3
 _N_DRAW = _N_CAMERA + _N_COLOR + N_UNIFORMS
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 def sample_rng(seed, index):
@@ -64,15 +66,27 @@ def labels_for(spec, start, stop):
 
 
 def splits_for(spec, start, stop, labels=None):
-    """Split codes (0 train, 1 val, 2 test) of samples ``start..stop-1``, uint8."""
+    """Split codes (0 train, 1 val, 2 test) of samples ``start..stop-1``, uint8.
+
+    The split of a sample depends only on the seed, the classes, the split
+    fractions and its index (never on ``n_samples``).
+    """
     if labels is None:
         labels = labels_for(spec, start, stop)
-    offsets = np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        spec.seed, spawn_key=(SPLIT_KEY, c)))).random() for c in range(spec.n_classes)])
+    phases = np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        spec.seed, spawn_key=(SPLIT_KEY, c)))).random(2) for c in range(spec.n_classes)])
+    phases = phases.reshape(spec.n_classes, 2)
+    # index of the sample within its class (labels come in balanced blocks)
     j = np.arange(start, stop, dtype=np.float64) // spec.n_classes
-    x = np.mod(offsets[labels] + j * _GOLDEN, 1.0)
-    f_train, f_val, _ = spec.splits
-    return np.where(x < f_train, 0, np.where(x < f_train + f_val, 1, 2)).astype(np.uint8)
+    f_train, f_val, f_test = spec.splits
+    o_train, o_val = phases[labels, 0], phases[labels, 1]
+    train_upto = np.floor((j + 1.0) * f_train + o_train)     # train among 0..j
+    is_train = train_upto > np.floor(j * f_train + o_train)
+    # for a non-train sample, its index among the class's non-train samples
+    m = j - train_upto
+    q = f_val / (f_val + f_test) if f_val + f_test > 0 else 0.0
+    is_val = np.floor((m + 1.0) * q + o_val) > np.floor(m * q + o_val)
+    return np.where(is_train, 0, np.where(is_val, 1, 2)).astype(np.uint8)
 
 
 def _hsv_to_rgb(h, s, v):

@@ -22,7 +22,7 @@ __all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
 #: by different algorithms never share a name.
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 STYLES = ("dot", "trail")
 
@@ -162,11 +162,15 @@ class DatasetSpec:
         if isinstance(classes, str):
             classes = (classes,)
         valid = tuple(REGISTRY)
-        if not hasattr(classes, "__iter__") or len(tuple(classes)) == 0:
-            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes)
+        if isinstance(classes, bytes) or not hasattr(classes, "__iter__"):
+            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes,
+                   TypeError)
+        # materialise once: an iterator must not be consumed by the checks
         classes = tuple(classes)
+        if len(classes) == 0:
+            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes)
         for c in classes:
-            if c not in REGISTRY:
+            if not isinstance(c, str) or c not in REGISTRY:
                 v.fail("classes", own,
                        "a sequence of class names from {" + ", ".join(map(repr, valid)) + "}",
                        c)
@@ -187,6 +191,10 @@ class DatasetSpec:
         s("gravity", v.check_float(self.gravity, "gravity", own, 0.0, 100.0, closed_low=False))
         cam = self.camera
         if isinstance(cam, dict):
+            fields = [f.name for f in dataclasses.fields(CameraSpec)]
+            unknown = sorted(set(cam) - set(fields))
+            if unknown:
+                v.fail("camera", own, f"a CameraSpec or a dict with keys from {fields}", cam)
             cam = CameraSpec(**cam)
         if not isinstance(cam, CameraSpec):
             v.fail("camera", own, "a CameraSpec or a dict of its fields", cam, TypeError)

@@ -1,0 +1,299 @@
+"""Generator: framing (never clipped), uniqueness, motion, determinism,
+labels and splits, blocks vs whole datasets."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from trajlab import CameraSpec, DatasetSpec, make_trajectories
+from trajlab.generator import (NEAR_PLANE, SPLITS, Block, generate_block, labels_for,
+                               sample_rng, splits_for)
+
+ARRAYS = ("positions", "pixels", "depth", "radius", "K", "R", "t", "splits", "colors",
+          "attempts")
+
+
+def _assert_same(a, b):
+    """Two make_trajectories(..., return_annotations=True) results are equal."""
+    (va, la, aa), (vb, lb, ab) = a, b
+    np.testing.assert_array_equal(va, vb)
+    np.testing.assert_array_equal(la, lb)
+    for key in ARRAYS:
+        np.testing.assert_array_equal(aa[key], ab[key], err_msg=key)
+    assert aa["records"] == ab["records"]
+
+
+def _check_inside(pixels, radius, depth, S, margin):
+    reach = radius + margin
+    u, v = pixels[..., 0], pixels[..., 1]
+    assert (u - reach >= 0).all() and (u + reach <= S).all()
+    assert (v - reach >= 0).all() and (v + reach <= S).all()
+    assert (depth > NEAR_PLANE).all()
+
+
+def _check_border_is_background(videos, background=(0, 0, 0)):
+    bg = np.asarray(background, dtype=np.uint8)[None, None, :, None]
+    for edge in (videos[..., 0, :], videos[..., -1, :], videos[..., :, 0], videos[..., :, -1]):
+        assert (edge == bg).all()
+
+
+# ---------------------------------------------------------------- framing
+def test_every_dot_lies_inside_the_frame(size_datasets):
+    """Thousands of samples per size: centre +/- radius + margin inside the
+    image by the stored ground truth, and no lit pixel on the border."""
+    total = 0
+    for seed, videos, labels, ann in size_datasets:
+        spec = ann["spec"]
+        _check_inside(ann["pixels"], ann["radius"], ann["depth"], spec.image_size,
+                      spec.margin_px)
+        _check_border_is_background(videos)
+        # and the dot is there in every frame
+        assert (videos[:, :, 0].max(axis=(-1, -2)) > 0).all()
+        total += len(labels)
+    assert total >= 2000
+
+
+@pytest.mark.parametrize("fields", [
+    dict(camera=CameraSpec(fov_deg=(24.0, 24.0))),
+    dict(camera=CameraSpec(distance=(4.0, 4.5)), margin_px=3.0),
+    dict(object_radius=0.4, margin_px=0.0),
+])
+def test_tight_framing_redraws_instead_of_clipping(make_ds, fields):
+    videos, labels, ann = make_ds(600, 16, 64, seed=4, **fields)
+    spec = ann["spec"]
+    _check_inside(ann["pixels"], ann["radius"], ann["depth"], 64, spec.margin_px)
+    if spec.margin_px >= 1:
+        _check_border_is_background(videos)
+    # these specs force redraws, and the counts add up per class
+    assert sum(ann["rejections"].values()) > 0
+    assert (ann["attempts"] > 1).any()
+    for c, name in enumerate(spec.classes):
+        assert ann["rejections"][name] == int((ann["attempts"][labels == c] - 1).sum())
+
+
+def test_impossible_spec_raises_naming_the_classes():
+    spec = DatasetSpec(n_samples=3, object_radius=2.0, margin_px=30.0, n_frames=2,
+                       image_size=16, classes=("circular", "linear"))
+    with pytest.raises(RuntimeError, match=r"rejected 1000 times.*class\(es\) "
+                                           r"|class\(es\) \['circular', 'linear'\]"):
+        make_trajectories(3, spec=spec)
+
+
+# ------------------------------------------------------ variety and motion
+def test_no_duplicate_videos_in_10000_samples():
+    videos, labels = make_trajectories(10_000, n_frames=8, image_size=32, seed=2024)
+    digests = {hashlib.blake2b(v.tobytes(), digest_size=16).digest() for v in videos}
+    assert len(digests) == 10_000
+    # not even the opening frames repeat: phases, cameras and offsets vary
+    firsts = {hashlib.blake2b(v[:2].tobytes(), digest_size=16).digest() for v in videos}
+    assert len(firsts) == 10_000
+
+
+def test_every_class_moves_enough(size_datasets):
+    for seed, videos, labels, ann in size_datasets:
+        spec = ann["spec"]
+        step = np.linalg.norm(np.diff(ann["pixels"], axis=1), axis=-1).mean(axis=1)
+        threshold = spec.min_motion * spec.image_size
+        for c, name in enumerate(spec.classes):
+            sel = labels == c
+            assert sel.sum() >= len(labels) // 4
+            assert (step[sel] > threshold).all(), name
+            # visible in the pixels too: the lit region moves between
+            # the first and the last frame
+            first, last = videos[sel, 0, 0] > 0, videos[sel, -1, 0] > 0
+            assert ((first != last).sum(axis=(-1, -2)) > 0).all(), name
+
+
+def test_min_motion_is_enforced_when_raised(make_ds):
+    videos, labels, ann = make_ds(400, 8, 32, seed=9, min_motion=0.06)
+    step = np.linalg.norm(np.diff(ann["pixels"], axis=1), axis=-1).mean(axis=1)
+    assert (step >= 0.06 * 32).all()
+    assert sum(ann["rejections"].values()) > 0
+
+
+# ------------------------------------------------------------ determinism
+def test_same_spec_and_seed_give_identical_bytes():
+    spec = DatasetSpec(n_samples=60, n_frames=8, image_size=32, seed=77)
+    a = make_trajectories(60, spec=spec, return_annotations=True)
+    b = make_trajectories(60, spec=spec, return_annotations=True)
+    _assert_same(a, b)
+
+
+BUSY = dict(style="trail", object_color="random", position_jitter=0.005, pixel_noise=2.0,
+            camera=CameraSpec(fov_deg=(20.0, 24.0)))        # every stream consumer, redraws
+
+
+@pytest.mark.parametrize("seed", [0, 1, 31337])
+@pytest.mark.parametrize("fields", [{}, BUSY], ids=["default", "busy"])
+def test_prefix_of_n_equals_dataset_of_k(seed, fields):
+    k, n = 37, 90
+    spec = DatasetSpec(n_samples=n, n_frames=8, image_size=32, seed=seed, **fields)
+    small = make_trajectories(k, spec=spec, return_annotations=True)
+    if fields:
+        assert (small[2]["attempts"] > 1).any()             # redraws are exercised
+    for chunk in (256, 16, 7, 1):
+        v, lab, ann = make_trajectories(n, spec=spec, return_annotations=True, chunk_size=chunk)
+        prefix = (v[:k], lab[:k], {key: (val[:k] if key in ARRAYS else val)
+                                   for key, val in ann.items()})
+        prefix[2]["records"] = ann["records"][:k]
+        _assert_same(small, prefix)
+
+
+def test_different_seeds_differ():
+    v0, l0 = make_trajectories(200, n_frames=8, image_size=32, seed=0)
+    v1, l1 = make_trajectories(200, n_frames=8, image_size=32, seed=1)
+    assert not np.array_equal(l0, l1)
+    same = [(a == b).all() for a, b in zip(v0, v1)]
+    assert not any(same)
+
+
+@pytest.mark.parametrize("a, b", [(0, 10), (5, 37), (250, 300), (255, 257), (299, 300),
+                                  (40, 40)])
+def test_generate_block_equals_slice_of_whole(a, b):
+    spec = DatasetSpec(n_samples=300, n_frames=8, image_size=32, seed=5, **BUSY)
+    whole_v, whole_l, whole = _whole(spec)
+    block = generate_block(spec, a, b)
+    assert isinstance(block, Block) and (block.start, block.stop) == (a, b)
+    np.testing.assert_array_equal(block.videos, whole_v[a:b])
+    np.testing.assert_array_equal(block.labels, whole_l[a:b])
+    for key in ARRAYS:
+        np.testing.assert_array_equal(getattr(block, key), whole[key][a:b], err_msg=key)
+    assert block.annotations(spec) == whole["records"][a:b]
+
+
+_WHOLE = {}
+
+
+def _whole(spec):
+    if spec not in _WHOLE:
+        _WHOLE[spec] = make_trajectories(spec.n_samples, spec=spec, return_annotations=True)
+    return _WHOLE[spec]
+
+
+def test_samples_do_not_depend_on_n_samples():
+    small = DatasetSpec(n_samples=10, n_frames=8, image_size=32, seed=3)
+    big = small.replace(n_samples=1000)
+    a = generate_block(small, 8, 14)            # may run past the end
+    b = generate_block(big, 8, 14)
+    np.testing.assert_array_equal(a.videos, b.videos)
+    np.testing.assert_array_equal(a.splits, b.splits)
+    np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_generate_block_renders_in_place():
+    spec = DatasetSpec(n_samples=20, n_frames=8, image_size=32, seed=8)
+    buf = np.zeros((6, 8, 3, 32, 32), dtype=np.uint8)
+    block = generate_block(spec, 4, 10, videos_out=buf)
+    assert block.videos is buf
+    np.testing.assert_array_equal(buf, make_trajectories(10, spec=spec)[0][4:])
+
+
+def test_sample_stream_is_seed_sequence_spawn():
+    a = sample_rng(9, 4).random(5)
+    b = np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=(4,)))).random(5)
+    np.testing.assert_array_equal(a, b)
+    # streams of neighbouring (seed, index) pairs do not collide (seed + i was unsafe)
+    assert not np.array_equal(sample_rng(1, 0).random(3), sample_rng(0, 1).random(3))
+
+
+# ------------------------------------------------------- labels and splits
+CLASS_SETS = [("linear", "circular", "helical", "parabolic"), ("helical", "linear", "parabolic"),
+              ("circular", "parabolic"), ("linear",)]
+
+
+@pytest.mark.parametrize("classes", CLASS_SETS, ids=len)
+def test_labels_of_every_prefix_are_balanced(classes):
+    n = 2001
+    for seed in range(12):
+        spec = DatasetSpec(n_samples=n, classes=classes, seed=seed)
+        labels = labels_for(spec, 0, n)
+        assert labels.dtype == np.int64 and set(np.unique(labels)) == set(range(len(classes)))
+        counts = np.cumsum(np.eye(len(classes), dtype=np.int64)[labels], axis=0)
+        assert (counts.max(axis=1) - counts.min(axis=1)).max() <= 1
+        # any window start: labels_for(start, stop) is a slice of the whole
+        np.testing.assert_array_equal(labels_for(spec, 1234, 1777), labels[1234:1777])
+    # labels are not a fixed cycle
+    assert not np.array_equal(labels_for(DatasetSpec(seed=0), 0, 40),
+                              labels_for(DatasetSpec(seed=1), 0, 40)) or len(classes) == 1
+
+
+@pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.7, 0.15, 0.15), (0.6, 0.4, 0.0),
+                                       (1.0, 0.0, 0.0), (0.34, 0.33, 0.33), (0.9, 0.0, 0.1)])
+@pytest.mark.parametrize("classes", CLASS_SETS[:3], ids=len)
+def test_splits_are_stratified_per_class_in_every_prefix(fractions, classes):
+    n = 2400
+    expected = np.array(fractions)
+    for seed in range(8):
+        spec = DatasetSpec(n_samples=n, classes=classes, seed=seed, splits=fractions)
+        labels = labels_for(spec, 0, n)
+        splits = splits_for(spec, 0, n, labels)
+        assert splits.dtype == np.uint8
+        if seed == 0:
+            np.testing.assert_array_equal(splits_for(spec, 999, 2345), splits[999:2345])
+        for c in range(len(classes)):
+            s = splits[labels == c]
+            counts = np.cumsum(np.eye(3, dtype=np.int64)[s], axis=0)
+            seen = np.arange(1, len(s) + 1)[:, None]
+            err = np.abs(counts - seen * expected)
+            assert err.max() <= 2.0 + 1e-9, (seed, c, err.max(axis=0))
+            assert err[:, 0].max() < 1.0 + 1e-9         # train: within one
+            for k in np.flatnonzero(expected == 0):
+                assert counts[-1, k] == 0
+
+
+def test_splits_differ_between_seeds_and_classes():
+    spec = DatasetSpec(n_samples=4000)
+    a, b = splits_for(spec, 0, 4000), splits_for(spec.replace(seed=1), 0, 4000)
+    assert not np.array_equal(a, b)
+    labels = labels_for(spec, 0, 4000)
+    per_class = [a[labels == c][:500] for c in range(4)]
+    assert any(not np.array_equal(per_class[0], p) for p in per_class[1:])
+
+
+def test_dataset_splits_and_records_agree(size_datasets):
+    for seed, videos, labels, ann in size_datasets:
+        spec = ann["spec"]
+        np.testing.assert_array_equal(labels, labels_for(spec, 0, len(labels)))
+        np.testing.assert_array_equal(ann["splits"], splits_for(spec, 0, len(labels)))
+        for k in (0, 1, len(labels) // 2, len(labels) - 1):
+            rec = ann["records"][k]
+            assert rec["index"] == k and rec["label"] == labels[k]
+            assert rec["class"] == spec.classes[labels[k]]
+            assert rec["split"] == SPLITS[ann["splits"][k]]
+            assert rec["equation"].startswith("p(t) = ") and rec["description"]
+
+
+# --------------------------------------------------------------- outputs
+def test_output_shapes_dtypes_and_class_order():
+    classes = ("parabolic", "linear")
+    v, labels, ann = make_trajectories(9, classes=classes, n_frames=5, image_size=24, seed=3,
+                                       return_annotations=True)
+    assert v.shape == (9, 5, 3, 24, 24) and v.dtype == np.uint8
+    assert labels.shape == (9,) and labels.dtype == np.int64
+    shapes = {"positions": (9, 5, 3), "pixels": (9, 5, 2), "depth": (9, 5), "radius": (9, 5),
+              "K": (9, 3, 3), "R": (9, 3, 3), "t": (9, 3), "splits": (9,), "colors": (9, 3),
+              "attempts": (9,)}
+    for key, shape in shapes.items():
+        assert ann[key].shape == shape, key
+    assert ann["colors"].dtype == np.uint8 and (ann["colors"] == 255).all()
+    assert ann["spec"].n_samples == 9 and ann["spec"].classes == classes
+    assert set(ann["rejections"]) == set(classes)
+    for k in range(9):
+        name = ann["records"][k]["class"]
+        assert name == classes[labels[k]]
+        assert set(ann["records"][k]["params"]) == {"p0", "v0", "g"} if name == "parabolic" \
+            else {"p0", "v"}
+    # two-output form gives the same bytes
+    v2, l2 = make_trajectories(9, classes=classes, n_frames=5, image_size=24, seed=3)
+    np.testing.assert_array_equal(v, v2)
+    np.testing.assert_array_equal(labels, l2)
+
+
+def test_spec_argument_overrides_n_samples_only():
+    spec = DatasetSpec(n_samples=500, n_frames=6, image_size=20, seed=12, classes=("helical",))
+    v, labels, ann = make_trajectories(7, spec=spec, n_frames=99, return_annotations=True)
+    assert v.shape == (7, 6, 3, 20, 20)
+    assert (labels == 0).all() and ann["spec"] == spec.replace(n_samples=7)
