@@ -133,7 +133,8 @@ def test_stored_cameras_are_valid_and_oblique(size_datasets):
         np.testing.assert_allclose(R @ np.swapaxes(R, -1, -2),
                                    np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
         np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-12)
-        f = S / 2 / np.tan(np.deg2rad(20.0))                 # default fov 40 deg
+        fov = spec.camera.fov_deg[0]                         # default: fixed fov
+        f = S / 2 / np.tan(np.deg2rad(fov / 2))
         np.testing.assert_allclose(K, np.broadcast_to(
             [[f, 0, S / 2], [0, f, S / 2], [0, 0, 1]], K.shape), rtol=1e-12)
         # the optical axis is never within 55 degrees of world Z

@@ -120,17 +120,17 @@ KILL_SPEC = DatasetSpec(n_samples=6000, n_frames=8, image_size=32, seed=11)
 @pytest.fixture(scope="module")
 def kill_reference(tmp_path_factory):
     rd = tmp_path_factory.mktemp("killref") / "run"
-    generate(KILL_SPEC, rd, n_jobs=2, shard_size=100, progress="none")
+    generate(KILL_SPEC, rd, n_jobs=2, shard_size=50, progress="none")
     return tree_digest(rd)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [0, 5, 30, 55])
+@pytest.mark.parametrize("kill_after", [0, 5, 40, 80])
 def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_after):
     """kill -9 the whole process group after ``kill_after`` shard records
     (0: as soon as spec.json exists), then resume with the same command."""
     rd = tmp_path / "run"
-    proc = _spawn(rd, KILL_SPEC.n_samples, 100)
+    proc = _spawn(rd, KILL_SPEC.n_samples, 50)
     try:
         if kill_after == 0:
             _wait_for(lambda: os.path.exists(rd / "spec.json"))
@@ -147,7 +147,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_af
     res = generate(KILL_SPEC, rd, n_jobs=2, progress="none")
     # only shards without a record were redone; recorded ones were kept as is
     assert res.shards_reused == len(kept)
-    assert res.shards_generated == 60 - len(kept)
+    assert res.shards_generated == 120 - len(kept)
     for r, text in kept.items():
         assert open(rd / "shards" / r).read() == text
     assert tree_digest(rd) == kill_reference

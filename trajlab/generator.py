@@ -276,7 +276,7 @@ def generate_block(spec, start, stop, videos_out=None):
                  params=params, rejections=rejections, **arr)
 
 
-def make_trajectories(n_samples=1000, *, classes=("linear", "circular", "helical", "parabolic"),
+def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical", "parabolic"),
                       n_frames=16, image_size=64, style="dot", seed=0, spec=None,
                       return_annotations=False, chunk_size=256):
     """Generate trajectory clips in memory (sklearn ``make_*`` style).
@@ -286,12 +286,15 @@ def make_trajectories(n_samples=1000, *, classes=("linear", "circular", "helical
 
     Parameters
     ----------
-    n_samples : int, default=1000
+    n_samples : int, optional
+        Number of clips; default ``spec.n_samples`` when ``spec`` is given,
+        else 1000.
     classes, n_frames, image_size, style, seed
         See :class:`~trajlab.spec.DatasetSpec`. Ignored when ``spec`` is
         given.
     spec : DatasetSpec, optional
-        Full specification; ``spec.n_samples`` is replaced by ``n_samples``.
+        Full specification; ``spec.n_samples`` is replaced by ``n_samples``
+        when that is given.
     return_annotations : bool, default=False
         Also return the ground truth.
     chunk_size : int, default=256
@@ -310,12 +313,12 @@ def make_trajectories(n_samples=1000, *, classes=("linear", "circular", "helical
         ``spec``.
     """
     if spec is None:
-        spec = DatasetSpec(n_samples=n_samples, classes=classes, n_frames=n_frames,
+        spec = DatasetSpec(n_samples=1000 if n_samples is None else n_samples, classes=classes, n_frames=n_frames,
                            image_size=image_size, style=style, seed=seed)
     elif not isinstance(spec, DatasetSpec):
         raise TypeError(f"The 'spec' parameter of make_trajectories must be a DatasetSpec. "
                         f"Got {spec!r} instead.")
-    else:
+    elif n_samples is not None:
         spec = spec.replace(n_samples=n_samples)
     from ._validation import check_int
     chunk_size = check_int(chunk_size, "chunk_size", "make_trajectories", 1)

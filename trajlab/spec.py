@@ -22,7 +22,7 @@ __all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
 #: by different algorithms never share a name.
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 STYLES = ("dot", "trail")
 
@@ -50,24 +50,24 @@ class CameraSpec:
     azimuth_deg : (float, float), default=(20.0, 70.0)
         Azimuth of the camera position, degrees counter-clockwise from +X.
     elevation_deg : (float, float), default=(20.0, 35.0)
-        Elevation of the camera above the XY plane, degrees. Kept away
-        from 90 so that gravity (and the helix axes) are never along the
-        optical axis.
-    fov_deg : (float, float), default=(40.0, 40.0)
+        Elevation of the camera above the XY plane, degrees, in [5, 45]:
+        gravity is then at least 45 degrees and a helix axis (within 20
+        degrees of vertical) at least 25 degrees from the optical axis.
+    fov_deg : (float, float), default=(30.0, 30.0)
         Full field of view of the (square) image, degrees.
     """
 
     distance: tuple = (5.5, 6.5)
     azimuth_deg: tuple = (20.0, 70.0)
     elevation_deg: tuple = (20.0, 35.0)
-    fov_deg: tuple = (40.0, 40.0)
+    fov_deg: tuple = (30.0, 30.0)
 
     def __post_init__(self):
         own = "CameraSpec"
         checks = {
             "distance": (1.0, 100.0),
             "azimuth_deg": (-360.0, 360.0),
-            "elevation_deg": (5.0, 60.0),
+            "elevation_deg": (5.0, 45.0),
             "fov_deg": (10.0, 120.0),
         }
         for name, (lo, hi) in checks.items():

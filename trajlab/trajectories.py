@@ -213,7 +213,7 @@ class Circular(Trajectory):
     param_shapes = {"centre": (3,), "radius": (), "omega": (), "theta0": (),
                     "a": (3,), "b": (3,), "normal": (3,)}
     radius = (0.5, 1.0)
-    turns = (0.4, 0.8)
+    turns = (0.5, 0.85)
     max_normal_angle_deg = 55.0
 
     def params_from_uniforms(self, u, ctx):
@@ -260,8 +260,10 @@ class Helical(Trajectory):
     param_shapes = {"centre": (3,), "radius": (), "omega": (), "theta0": (),
                     "a": (3,), "b": (3,), "axis": (3,), "axial_speed": ()}
     radius = (0.4, 0.8)
-    turns = (0.6, 0.9)
-    rise = (0.6, 1.2)          # metres along the axis per clip
+    # at least a full turn and a clear rise when the frame count allows it
+    # (16 frames), so a helix is not mistaken for a tilted partial circle
+    turns = (1.0, 1.6)
+    rise = (1.2, 2.0)          # metres along the axis per clip
     max_axis_tilt_deg = 20.0
 
     def params_from_uniforms(self, u, ctx):
