@@ -16,7 +16,7 @@ end-on: a linear motion is never within 35 degrees of the optical axis, a
 circle's normal is within 55 degrees of it (never edge-on), a helix axis is
 within 20 degrees of world Z (the camera's elevation keeps it far from the
 optical axis) and a throw's horizontal velocity is within 45 degrees of the
-image plane. Angular speeds are capped so that a turn spans at least 8
+image plane. Angular speeds are capped so that a turn spans at least 6
 frames (no temporal aliasing).
 """
 
@@ -34,7 +34,7 @@ N_UNIFORMS = 12
 #: Half-size (metres) of the box in which the trajectory centre is drawn.
 CENTRE_JITTER = 0.25
 #: Minimum number of frames per full turn (anti-aliasing).
-MIN_FRAMES_PER_TURN = 8
+MIN_FRAMES_PER_TURN = 6
 
 
 @dataclass(frozen=True)
