@@ -73,12 +73,16 @@ def _worker_pids_of_records(rd):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A LocalCluster with 2 worker processes (one thread each)."""
+    """A LocalCluster with 2 worker processes (one thread each). dask's
+    nannies write variables into os.environ: restored afterwards."""
+    saved = dict(os.environ)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   silence_logs=logging.ERROR) as lc, \
             distributed.Client(lc, set_as_default=False) as client:
         yield lc, client
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _loky(tmp_path_factory, spec, shard, name):
@@ -133,7 +137,7 @@ def test_dask_equals_loky_and_in_memory_generator(tmp_path, cluster, reference):
 
 def test_local_cluster_without_scheduler_is_started_and_closed(tmp_path, reference,
                                                              monkeypatch):
-    # (an earlier LocalCluster in this process has set these in os.environ)
+    # (the `cluster` fixture's nannies have set these in os.environ)
     for var in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "PYTHONHASHSEED"):
         monkeypatch.delenv(var, raising=False)
     with dask_backend(None, n_jobs=2) as client:

@@ -86,7 +86,8 @@ def _cmd_generate(args):
                              f"range [1, inf) or 'auto'. Got {shard!r} instead.") from None
     res = generate(spec, args.run_dir, n_jobs=args.n_jobs, shard_size=shard,
                    progress=args.progress, fsync=args.fsync, verify=args.verify,
-                   backend=args.backend, scheduler=args.scheduler)
+                   backend=args.backend or ("dask" if args.scheduler else None),
+                   scheduler=args.scheduler)
     print(res.summary())
     return 0
 

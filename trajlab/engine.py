@@ -179,6 +179,10 @@ def _repair_files(run_dir, layout):
         lost.update(s for s in range(layout.n_shards) if layout.shard_range(s)[1] > valid)
     for d in (SHARDS_DIR, ANNOTATIONS_DIR):
         os.makedirs(os.path.join(run_dir, d), exist_ok=True)
+        # temporary files of writers killed between write and os.replace
+        for name in os.listdir(os.path.join(run_dir, d)):
+            if ".tmp-" in name:
+                os.remove(os.path.join(run_dir, d, name))
     return lost
 
 
@@ -268,7 +272,7 @@ def _prepare(spec, run_dir, shard_size):
 
 
 @contextlib.contextmanager
-def _backend(backend, scheduler, n_jobs):
+def _backend(backend, scheduler, n_jobs, run_dir=None):
     import joblib
 
     if backend is None:
@@ -276,7 +280,7 @@ def _backend(backend, scheduler, n_jobs):
     elif backend == "dask":
         from .cluster import dask_backend
 
-        with dask_backend(scheduler, n_jobs=n_jobs):
+        with dask_backend(scheduler, n_jobs=n_jobs, run_dir=run_dir):
             yield
     else:
         with joblib.parallel_config(backend=backend):
@@ -335,6 +339,10 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards, 0,
                                 layout.n_shards, time.perf_counter() - t0, None, True,
                                 read_json(os.path.join(run_dir, MANIFEST_FILE)))
+    if backend == "dask":
+        from .cluster import check_scheduler
+
+        check_scheduler(scheduler)   # fail fast, before run_dir is created or changed
     os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir):
         if new:
@@ -365,7 +373,8 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         prog = Progress(run_dir, spec.n_samples, n_done, mode=progress, heartbeat=heartbeat,
                         text_interval=text_interval,
                         info={"fingerprint": spec.fingerprint, "shards_total": layout.n_shards,
-                              "backend": backend or "joblib default", "n_jobs": n_jobs})
+                              "backend": backend or "joblib default", "n_jobs": n_jobs,
+                              "scheduler": scheduler if isinstance(scheduler, str) else None})
         prog.start(message=f"resuming: {len(done)} of {layout.n_shards} shards already done"
                    if done else "")
         t_gen = time.perf_counter()
@@ -390,7 +399,7 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
 def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog):
     from joblib import Parallel, delayed
 
-    with _backend(backend, scheduler, n_jobs):
+    with _backend(backend, scheduler, n_jobs, run_dir):
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         for rec in parallel(delayed(write_shard)(run_dir, layout, s, fsync) for s in shards):
             write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec)
