@@ -356,3 +356,15 @@ def test_failure_is_recorded_in_progress(tmp_path, monkeypatch):
     st = json.load(open(tmp_path / "run" / "progress.json"))
     assert st["state"] == "failed" and "disk full" in st["message"]
     assert run_cli("status", tmp_path / "run").returncode == 1
+
+
+def test_resume_removes_temporary_files_of_killed_writers(fresh_run, reference):
+    rd = fresh_run
+    os.remove(rd / "manifest.json")
+    os.remove(rd / "shards" / "00003.json")
+    for junk in ("annotations/00003.jsonl.tmp-999", "shards/00003.json.tmp-999"):
+        (rd / junk).write_text("half written")
+    res = generate(SMALL, rd, progress="none")
+    assert res.shards_generated == 1
+    assert not [p for p in rd.rglob("*") if ".tmp-" in p.name]
+    assert tree_digest(rd) == reference[2]
