@@ -141,9 +141,16 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_af
         proc.wait()
     assert not os.path.exists(rd / "manifest.json"), "killed too late to test anything"
     kept = {r: open(rd / "shards" / r).read() for r in _records(rd)}
+    # shards whose bytes were (being) written but not recorded: at most those
+    # in flight (joblib dispatches 2 * n_jobs ahead, plus the n_jobs running)
+    ann = {f.split(".")[0] for f in os.listdir(rd / "annotations")} if kill_after else set()
+    in_flight = ann - {r.split(".")[0] for r in kept}
+    assert len(in_flight) <= 3 * 2
     # the killed run is reported as stalled (its pid is gone)
     st = json.loads(run_cli("status", rd, "--json").stdout)
-    assert st["verdict"] in ("stalled", "missing")
+    assert st["verdict"] == ("stalled" if os.path.exists(rd / "progress.json") else "missing")
+    if kill_after:
+        assert st["verdict"] == "stalled"
     res = generate(KILL_SPEC, rd, n_jobs=2, progress="none")
     # only shards without a record were redone; recorded ones were kept as is
     assert res.shards_reused == len(kept)
@@ -299,6 +306,47 @@ def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         generate(SMALL, tmp_path / "run", **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"backend": "nosuch"}, "'backend' parameter of generate must be None or one of {'dask', 'loky'"),
+    ({"spec": SMALL.replace(object_radius=1.5)}, "The spec cannot be generated"),
+])
+def test_unusable_backend_or_impossible_spec_leave_no_run_dir(tmp_path, kwargs, match):
+    spec = kwargs.pop("spec", SMALL)
+    with pytest.raises(ValueError, match=match):
+        generate(spec, tmp_path / "run", progress="none", **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_enough_disk_space_fails_before_any_work(tmp_path, monkeypatch):
+    class Tiny:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Tiny())
+    with pytest.raises(OSError, match="Not enough disk space .* needs"):
+        generate(SMALL, tmp_path / "run", progress="none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_leftover_spec_tmp_does_not_block_a_new_run(tmp_path, reference):
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / "spec.json.tmp-4242").write_text("{")       # killed during the first write
+    generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none")
+    assert tree_digest(rd) == reference[2]
+    assert not list(rd.glob("*.tmp-*"))
+
+
+def test_repair_then_status_says_incomplete(fresh_run):
+    with open(fresh_run / "videos.npy", "r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        fh.write(b"\x01")
+    bad = trajlab.engine.repair(str(fresh_run))
+    assert [s for s, *_ in bad] == [9]
+    assert not (fresh_run / "manifest.json").exists()
+    st = json.loads(run_cli("status", fresh_run, "--json").stdout)
+    assert st["verdict"] == "incomplete"
 
 
 def test_spec_type_checked(tmp_path):

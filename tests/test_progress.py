@@ -86,7 +86,35 @@ def test_status_stalled_when_file_is_stale(tmp_path):
     assert read_status(str(tmp_path))["verdict"] == "running"
 
 
-@pytest.mark.parametrize("state", ["finished", "failed"])
+@pytest.mark.parametrize("state", ["failed", "interrupted"])
 def test_status_final_states(tmp_path, state):
     _fake(tmp_path, state=state, message="m")
     assert read_status(str(tmp_path))["verdict"] == state
+
+
+def test_status_stalled_when_alive_but_no_shard_completes(tmp_path):
+    now = time.time()
+    _fake(tmp_path, last_checkpoint_unix=now - 700, mean_checkpoint_seconds=2.0)
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "stalled" and "no shard completed for 11m" in st["reason"]
+    # slow shards (mean 60 s) get 20x that before being called stalled
+    _fake(tmp_path, last_checkpoint_unix=now - 700, mean_checkpoint_seconds=60.0)
+    assert read_status(str(tmp_path))["verdict"] == "running"
+
+
+def test_status_incomplete_when_finished_run_lost_its_manifest(tmp_path):
+    _fake(tmp_path, state="finished", message="dataset complete")
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "incomplete" and "manifest is gone" in st["reason"]
+    (tmp_path / "manifest.json").write_text("{}")
+    assert read_status(str(tmp_path))["verdict"] == "finished"
+
+
+def test_checkpoint_fields(tmp_path):
+    p = Progress(str(tmp_path), total=10, mode="none", file_interval=0.0).start()
+    time.sleep(0.02)
+    p.update(5)
+    snap = json.load(open(tmp_path / "progress.json"))
+    p.close()
+    assert snap["checkpoints"] == 1 and snap["mean_checkpoint_seconds"] > 0
+    assert abs(snap["last_checkpoint_unix"] - time.time()) < 5

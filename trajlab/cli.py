@@ -21,8 +21,17 @@ def _spec_from_args(args):
     base = {}
     if args.spec:
         with open(args.spec, encoding="utf-8") as fh:
-            base = json.load(fh)
-        base = base.get("spec", base)   # accept a run dir's spec.json too
+            try:
+                base = json.load(fh)
+            except ValueError as exc:
+                raise ValueError(f"The 'spec' parameter of generate must be a JSON file of "
+                                 f"DatasetSpec fields. Got {args.spec!r} instead ({exc}).") from None
+        if isinstance(base, dict) and isinstance(base.get("spec"), dict):
+            base = base["spec"]   # accept a run dir's spec.json too
+        if not isinstance(base, dict):
+            raise ValueError(f"The 'spec' parameter of generate must be a JSON file holding an "
+                             f"object of DatasetSpec fields. Got {args.spec!r} instead, which "
+                             f"holds a {type(base).__name__}.")
     fields = {
         "n_samples": args.n_samples, "n_frames": args.n_frames, "image_size": args.image_size,
         "style": args.style, "seed": args.seed, "object_radius": args.object_radius,
@@ -34,11 +43,21 @@ def _spec_from_args(args):
     if args.classes:
         base["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     if args.splits:
-        base["splits"] = [float(x) for x in args.splits.split(",")]
+        base["splits"] = _numbers(args.splits, float, "splits",
+                                  "three comma-separated fractions train,val,test")
     if args.object_color:
         base["object_color"] = (args.object_color if args.object_color == "random"
-                                else [int(x) for x in args.object_color.split(",")])
+                                else _numbers(args.object_color, int, "object_color",
+                                              "'random' or three comma-separated ints r,g,b"))
     return DatasetSpec.from_dict(base)
+
+
+def _numbers(text, kind, name, expected):
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"The {name!r} parameter of generate must be {expected}. "
+                         f"Got {text!r} instead.") from None
 
 
 def _add_generate(sub):
@@ -105,11 +124,8 @@ def _cmd_status(args):
 
 def _cmd_verify(args):
     from .dataset import verify_run
-    from .engine import _drop_records
-    from .storage import MANIFEST_FILE
 
     rep = verify_run(args.run_dir)
-    layout = rep["layout"]
     if rep["ok"]:
         print(f"{args.run_dir}: OK - {rep['n_shards']} shards, all checksums match.")
         return 0
@@ -122,10 +138,9 @@ def _cmd_verify(args):
         for shard, what, reason in rep["bad"][1:20]:
             print(f"  shard {shard}: {reason}")
         if args.repair:
-            _drop_records(args.run_dir, layout, [s for s, *_r in rep["bad"]])
-            mpath = os.path.join(args.run_dir, MANIFEST_FILE)
-            if os.path.exists(mpath):
-                os.remove(mpath)
+            from .engine import repair
+
+            repair(args.run_dir)
             print(f"Dropped their records; run `trajlab generate {args.run_dir}` to "
                   "regenerate them.")
     return 1
@@ -207,8 +222,6 @@ def main(argv=None):
         return cli_run(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .storage import RunDirError
-
     handlers = {"generate": _cmd_generate, "status": _cmd_status, "verify": _cmd_verify,
                 "info": _cmd_info, "export": _cmd_export}
     try:
@@ -216,7 +229,7 @@ def main(argv=None):
     except (ValueError, TypeError, PermissionError) as exc:
         print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (RunDirError, FileNotFoundError) as exc:
+    except (RuntimeError, OSError) as exc:     # RunDirError, missing files, disk full
         print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

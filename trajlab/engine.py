@@ -29,11 +29,16 @@ from .storage import (ANNOTATIONS_DIR, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE, Run
                       RunLayout, RunLock, load_layout, read_json, read_record,
                       shard_slice_bytes, sha256_bytes, utcnow, write_json_atomic, write_shard)
 
-__all__ = ["generate", "GenerationResult", "auto_shard_size", "find_bad_shards"]
+__all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards"]
 
 #: Target bytes of video per shard when ``shard_size='auto'``.
 SHARD_TARGET_BYTES = 32 * 2**20
 _OWN_FILES = {".lock", "progress.json", "PROGRESS.txt"}
+
+
+def _is_own(name):
+    # temporary files of an atomic write cut short by a kill also count
+    return name in _OWN_FILES or ".tmp-" in name
 
 
 def auto_shard_size(spec):
@@ -179,7 +184,8 @@ def _repair_files(run_dir, layout):
         lost.update(s for s in range(layout.n_shards) if layout.shard_range(s)[1] > valid)
     for d in (SHARDS_DIR, ANNOTATIONS_DIR):
         os.makedirs(os.path.join(run_dir, d), exist_ok=True)
-        # temporary files of writers killed between write and os.replace
+    # temporary files of writers killed between write and os.replace
+    for d in (".", SHARDS_DIR, ANNOTATIONS_DIR):
         for name in os.listdir(os.path.join(run_dir, d)):
             if ".tmp-" in name:
                 os.remove(os.path.join(run_dir, d, name))
@@ -261,7 +267,7 @@ def _prepare(spec, run_dir, shard_size):
                 f"got shard_size={shard_size}. Omit it to resume.")
         return doc, layout, False
     if os.path.isdir(run_dir):
-        foreign = sorted(set(os.listdir(run_dir)) - _OWN_FILES)
+        foreign = sorted(n for n in os.listdir(run_dir) if not _is_own(n))
         if foreign:
             raise ValueError(
                 f"The 'run_dir' parameter of generate must be a new or empty directory or a "
@@ -328,10 +334,7 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
     GenerationResult
     """
     run_dir, n_jobs, shard_size = _check_args(spec, run_dir, n_jobs, shard_size, progress)
-    if backend is not None and not isinstance(backend, str):
-        v.fail("backend", "generate", "a joblib backend name or None", backend, TypeError)
-    if scheduler is not None and backend != "dask":
-        v.fail("scheduler", "generate", "None unless backend='dask'", scheduler)
+    _check_backend(backend, scheduler)
     doc, layout, new = _prepare(spec, run_dir, shard_size)
     t0 = time.perf_counter()
     if not new and not verify and _is_complete(run_dir, layout):
@@ -339,12 +342,18 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards, 0,
                                 layout.n_shards, time.perf_counter() - t0, None, True,
                                 read_json(os.path.join(run_dir, MANIFEST_FILE)))
+    if new:
+        _check_feasible(spec)
+        _check_disk_space(run_dir, layout)
     if backend == "dask":
         from .cluster import check_scheduler
 
         check_scheduler(scheduler)   # fail fast, before run_dir is created or changed
     os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir):
+        # again under the lock: another writer may have created the run dir
+        # between the first look and the lock
+        doc, layout, new = _prepare(spec, run_dir, shard_size)
         if new:
             from . import __version__
 
@@ -396,11 +405,65 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
                             False, manifest)
 
 
+def _check_backend(backend, scheduler):
+    from joblib import parallel
+
+    known = sorted(set(parallel.BACKENDS) | set(getattr(parallel, "EXTERNAL_BACKENDS", {})))
+    if backend is not None:
+        if not isinstance(backend, str):
+            v.fail("backend", "generate", "a joblib backend name or None", backend, TypeError)
+        if backend not in known:
+            v.fail("backend", "generate",
+                   "None or one of {" + ", ".join(map(repr, known)) + "}", backend)
+    if scheduler is not None and backend != "dask":
+        v.fail("scheduler", "generate", "None unless backend='dask'", scheduler)
+
+
+def _check_feasible(spec):
+    """Generate the first few samples in memory: a spec under which nothing
+    fits in the frame fails here, before anything is written."""
+    from .generator import generate_block
+
+    try:
+        generate_block(spec, 0, min(spec.n_samples, 4 * spec.n_classes))
+    except RuntimeError as exc:
+        raise ValueError(f"The spec cannot be generated: {exc}") from None
+
+
+def _check_disk_space(run_dir, layout):
+    need = sum(layout.expected_size(name) for name in layout.arrays())
+    target = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
+    st = os.statvfs(target)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise OSError(
+            f"Not enough disk space for the dataset in {run_dir!r}: it needs "
+            f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free. Choose another run_dir "
+            "or fewer/smaller samples.")
+
+
+def repair(run_dir):
+    """Drop the records of shards whose bytes do not match (and the
+    manifest), under the run dir's lock, so that :func:`generate`
+    regenerates them. Returns the list of bad ``(shard, what, reason)``."""
+    _, layout = load_layout(run_dir)
+    with RunLock(run_dir):
+        bad = find_bad_shards(run_dir, layout)
+        if bad:
+            _drop_records(run_dir, layout, sorted({s for s, *_r in bad}))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run_dir, MANIFEST_FILE))
+    return bad
+
+
 def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog):
     from joblib import Parallel, delayed
 
     with _backend(backend, scheduler, n_jobs, run_dir):
-        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        # one shard per task: at most ~3 * n_jobs shards are in flight, which
+        # bounds both memory and the work redone after a kill
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
+                            pre_dispatch="2*n_jobs")
         for rec in parallel(delayed(write_shard)(run_dir, layout, s, fsync) for s in shards):
             write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec)
             prog.update(rec["stop"] - rec["start"])

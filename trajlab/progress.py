@@ -36,6 +36,9 @@ PROGRESS_JSON = "progress.json"
 PROGRESS_TXT = "PROGRESS.txt"
 #: A running job whose progress file is older than this is reported stalled.
 STALE_AFTER = 120.0
+#: A running job with no completed shard for this long (or 20 times the mean
+#: time between shards, if longer) is reported stalled even if it is alive.
+STALL_AFTER = 600.0
 
 
 def _in_jupyter():
@@ -121,6 +124,8 @@ class Progress:
         self._started_at = None
         self._last_file = 0.0
         self._last_text = 0.0
+        self._checkpoints = 0
+        self._last_checkpoint = None
 
     # ----------------------------------------------------------- numbers
     def snapshot(self):
@@ -146,6 +151,10 @@ class Progress:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "message": self.message,
+            "checkpoints": self._checkpoints,
+            "last_checkpoint_unix": round(self._last_checkpoint or self._t0 or now, 3),
+            "mean_checkpoint_seconds": (round(elapsed / self._checkpoints, 3)
+                                        if self._checkpoints else None),
         }
         snap.update(self.info)
         return snap
@@ -229,6 +238,8 @@ class Progress:
         """Record ``n`` more completed samples."""
         with self._lock:
             self.done += int(n)
+            self._checkpoints += 1
+            self._last_checkpoint = time.time()
             if self._bar is not None:
                 self._bar.update(int(n))
             now = time.time()
@@ -276,7 +287,8 @@ def read_status(run_dir, stale_after=None):
     -------
     status : dict
         The progress.json fields plus ``verdict`` — one of ``'missing'``,
-        ``'running'``, ``'stalled'``, ``'finished'``, ``'failed'``,
+        ``'running'``, ``'stalled'``, ``'finished'``, ``'incomplete'``
+        (finished once, manifest since removed), ``'failed'``,
         ``'interrupted'`` — ``reason`` and ``age_seconds``.
     """
     path = os.path.join(run_dir, PROGRESS_JSON)
@@ -296,6 +308,9 @@ def read_status(run_dir, stale_after=None):
     state = snap.get("state")
     if stale_after is None:
         stale_after = max(STALE_AFTER, 4 * float(snap.get("heartbeat_seconds", 15)))
+    since_checkpoint = time.time() - float(snap.get("last_checkpoint_unix") or time.time())
+    mean = snap.get("mean_checkpoint_seconds") or 0.0
+    stall_after = max(STALL_AFTER, 20.0 * float(mean))
     if state == "running":
         same_host = snap.get("host") == socket.gethostname()
         if same_host and not _pid_alive(snap.get("pid")):
@@ -304,8 +319,18 @@ def read_status(run_dir, stale_after=None):
         elif age > stale_after:
             snap.update(verdict="stalled",
                         reason=f"no update for {_fmt_seconds(age)} (> {_fmt_seconds(stale_after)})")
+        elif since_checkpoint > stall_after:
+            # the parent is alive (heartbeat) but no shard has completed for
+            # far longer than shards usually take: hung workers
+            snap.update(verdict="stalled",
+                        reason=f"alive, but no shard completed for {_fmt_seconds(since_checkpoint)} "
+                               f"(> {_fmt_seconds(stall_after)})")
         else:
             snap.update(verdict="running", reason="updated recently")
+    elif state == "finished" and not complete:
+        snap.update(verdict="incomplete",
+                    reason="finished earlier, but the manifest is gone (repaired or damaged); "
+                           "resume with `trajlab generate`")
     elif state in ("finished", "failed", "interrupted"):
         snap.update(verdict=state, reason=snap.get("message") or state)
     else:
