@@ -56,3 +56,11 @@ def test_bad_verify_mode_and_missing_dir(tmp_path, run):
         open_dataset(rd, verify="sometimes")
     with pytest.raises(RunDirError, match="does not exist"):
         open_dataset(tmp_path / "nothing")
+
+
+def test_annotation_index_out_of_range(run):
+    rd, _ = run
+    ds = open_dataset(rd)
+    assert ds.annotation(-1)["index"] == 39
+    with pytest.raises(IndexError, match="sample index 40 out of range for 40 samples"):
+        ds.annotation(40)

@@ -416,3 +416,17 @@ def test_resume_removes_temporary_files_of_killed_writers(fresh_run, reference):
     assert res.shards_generated == 1
     assert not [p for p in rd.rglob("*") if ".tmp-" in p.name]
     assert tree_digest(rd) == reference[2]
+
+
+def test_fsync_mode_syncs_data_records_and_renames(tmp_path, reference, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                  real(fd)))
+    generate(SMALL, tmp_path / "run", n_jobs=1, shard_size=16, progress="none", fsync=True)
+    assert tree_digest(tmp_path / "run") == reference[2]
+    names = [os.path.relpath(p, tmp_path / "run") for p in synced]
+    assert sum(n == "videos.npy" for n in names) == 10                 # every shard's bytes
+    assert sum(n.startswith("shards/") and ".tmp-" in n for n in names) == 10   # every record
+    assert sum(n == "shards" for n in names) == 10                     # ... and its rename
+    assert any(n.startswith("manifest.json.tmp-") for n in names)

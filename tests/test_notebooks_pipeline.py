@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 NB02 = REPO / "notebooks" / "02_generate_dataset.ipynb"
 NB03 = REPO / "notebooks" / "03_validate_dataset.ipynb"
 CHECKS = ("shapes and dtypes", "checksums", "class balance", "split stratification",
-          "dot inside frame", "reprojection K(RX+t)", "motion per class",
+          "dot inside frame", "reprojection K(RX+t)", "pixel radius f·R/Z", "motion per class",
           "no duplicate videos", "rendered dot at stored pixels")
 
 
@@ -274,7 +274,7 @@ def test_03_passes_on_the_generated_dataset(generated, tmp_path):
     nb = nbformat.read(str(res.output), as_version=4)
     text = _text_outputs(nb)
     assert "".join(f"PASS {name}\n" for name in CHECKS) in text, text[-3000:]
-    assert "PASSED (9/9 checks)" in text
+    assert f"PASSED ({len(CHECKS)}/{len(CHECKS)} checks)" in text
     html = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", [])
             if "text/html" in o.get("data", {})]
     assert any("<table>" in h and "PASSED" in h for h in html)

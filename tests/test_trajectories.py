@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from trajlab import camera as cam
-from trajlab.spec import CameraSpec
+from trajlab import make_trajectories
+from trajlab.spec import CameraSpec, DatasetSpec
 from trajlab.trajectories import (CENTRE_JITTER, MIN_FRAMES_PER_TURN, N_UNIFORMS, REGISTRY,
                                   Circular, Context, Helical, Linear, Parabolic, get_class)
 
@@ -375,3 +376,14 @@ def test_generated_params_respect_documented_constraints(size_datasets):
                                        ann["positions"][idx], atol=1e-12)
             seen.add(name)
     assert seen == set(REGISTRY)
+
+
+@pytest.mark.parametrize("n_frames", [8, 16])
+def test_helices_make_at_least_one_full_turn_when_frames_allow(n_frames):
+    spec = DatasetSpec(n_samples=400, n_frames=n_frames, image_size=32, classes=("helical",))
+    _, _, ann = make_trajectories(spec=spec, return_annotations=True)
+    turns = np.array([abs(r["params"]["omega"]) * spec.clip_seconds / (2 * np.pi)
+                      for r in ann["records"]])
+    assert turns.min() >= 1.0 - 1e-12
+    # and never more than one turn per MIN_FRAMES_PER_TURN frame intervals
+    assert turns.max() <= (n_frames - 1) / MIN_FRAMES_PER_TURN + 1e-12

@@ -151,24 +151,23 @@ class TrajectoryData:
     # ----------------------------------------------------------- samples
     def sample(self, i):
         """Sample ``i`` as a dict of arrays (copies), verified per shard."""
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"sample index {i} out of range for {len(self)} samples")
-        i %= len(self)
-        if self.verify_mode != "none":
-            self.verify_shard(i // self.layout.shard_size)
+        i = self._checked_index(i)
         out = {name: np.array(arr[i]) for name, arr in self._arrays.items()}
         out["index"] = i
         out["class_name"] = self.spec.classes[int(out["labels"])]
         out["split"] = SPLITS[int(out["splits"])]
         return out
 
-    def _checked_index(self, i):
-        """Normalise index ``i`` and verify its shard (unless verify='none')."""
+    def _index(self, i):
+        """Normalise index ``i`` (negative counts from the end)."""
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample index {i} out of range for {len(self)} samples")
-        i %= len(self)
+        return i % len(self)
+
+    def _checked_index(self, i):
+        """Normalise index ``i`` and verify its shard (unless verify='none')."""
+        i = self._index(i)
         if self.verify_mode != "none":
             self.verify_shard(i // self.layout.shard_size)
         return i
@@ -190,7 +189,7 @@ class TrajectoryData:
         """Text ground truth of sample ``i``: class, split, params, equation,
         description (checked against the shard's checksum unless
         ``verify='none'``)."""
-        i = int(i) % len(self)
+        i = self._index(i)
         shard = i // self.layout.shard_size
         return self._shard_annotations(shard)[i - shard * self.layout.shard_size]
 

@@ -209,7 +209,7 @@ def _drop_records(run_dir, layout, shards):
             os.remove(layout.shard_record_path(run_dir, s))
 
 
-def _finalize(run_dir, layout, doc):
+def _finalize(run_dir, layout, doc, fsync=False):
     """Write manifest.json from the records and the stored labels/splits."""
     spec = layout.spec
     digest = hashlib.sha256()
@@ -247,7 +247,7 @@ def _finalize(run_dir, layout, doc):
                   for name, (f, *_r) in layout.arrays().items()},
         "finished_at": utcnow(),
     }
-    write_json_atomic(os.path.join(run_dir, MANIFEST_FILE), manifest)
+    write_json_atomic(os.path.join(run_dir, MANIFEST_FILE), manifest, fsync=fsync)
     return manifest
 
 
@@ -358,7 +358,7 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
             from . import __version__
 
             doc = layout.spec_document(__version__)
-            write_json_atomic(os.path.join(run_dir, SPEC_FILE), doc)
+            write_json_atomic(os.path.join(run_dir, SPEC_FILE), doc, fsync=fsync)
             layout.preallocate(run_dir)
         manifest_path = os.path.join(run_dir, MANIFEST_FILE)
         lost = _repair_files(run_dir, layout)
@@ -390,7 +390,7 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         try:
             if missing:
                 _run_shards(run_dir, layout, missing, n_jobs, fsync, backend, scheduler, prog)
-            manifest = _finalize(run_dir, layout, doc)
+            manifest = _finalize(run_dir, layout, doc, fsync)
         except BaseException as exc:
             state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             prog.close(state, message=f"{type(exc).__name__}: {exc}"[:500])
@@ -465,5 +465,5 @@ def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
                             pre_dispatch="2*n_jobs")
         for rec in parallel(delayed(write_shard)(run_dir, layout, s, fsync) for s in shards):
-            write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec)
+            write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec, fsync=fsync)
             prog.update(rec["stop"] - rec["start"])

@@ -60,14 +60,29 @@ def sha256_bytes(buf):
     return hashlib.sha256(buf).hexdigest()
 
 
-def write_json_atomic(path, obj, indent=2):
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+def fsync_dir(path):
+    """fsync a directory, making renames inside it durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path, obj, indent=2, fsync=False):
+    """Write JSON to ``path`` through a temporary file and ``os.replace``;
+    with ``fsync``, the file and the rename are forced to stable storage."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=indent, sort_keys=True)
         fh.write("\n")
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if fsync:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def write_text_atomic(path, text):
@@ -208,6 +223,8 @@ def write_shard(run_dir, layout, shard, fsync=False):
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, apath)
+    if fsync:
+        fsync_dir(os.path.dirname(apath))
     checksums["annotations"] = sha256_bytes(text)
     return {
         "shard": shard,

@@ -103,10 +103,12 @@ def _centre(u):
 
 
 def _turns_range(turns, n_frames):
-    """Scale a turns-per-clip range so a turn spans >= MIN_FRAMES_PER_TURN frames."""
+    """Cap a turns-per-clip range so a turn spans >= MIN_FRAMES_PER_TURN
+    frames; the lower end is kept where the cap allows (a helix keeps its
+    full turn at 8 frames)."""
     cap = (n_frames - 1) / MIN_FRAMES_PER_TURN
-    scale = min(1.0, cap / turns[1])
-    return (turns[0] * scale, turns[1] * scale)
+    hi = min(turns[1], cap)
+    return (min(turns[0], hi), hi)
 
 
 def _vec(x):
