@@ -202,8 +202,12 @@ class TrajectoryData:
         if self._ann_cache is not None and self._ann_cache[0] == shard:
             return self._ann_cache[1]
         path = self.layout.annotations_path(self.run_dir, shard)
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise RunDirError(f"Annotations of shard {shard} are missing ({exc}). Run `trajlab "
+                              "verify --repair` then `trajlab generate` on the run dir.") from None
         if self.verify_mode != "none" and sha256_bytes(raw) != self._record(shard)["sha256"].get(
                 "annotations"):
             raise RunDirError(

@@ -21,7 +21,6 @@ checksum-verified per shard while it is read; a corrupted run dir raises
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import zipfile
 
@@ -30,7 +29,7 @@ import numpy as np
 from . import _validation as v
 from .dataset import open_dataset
 from .generator import SPLITS
-from .storage import RunDirError, read_record, sha256_bytes
+from .storage import RunDirError
 
 __all__ = ["export", "ExportMemoryError", "FORMATS"]
 
@@ -173,23 +172,6 @@ def _shard_selections(data, idx):
             yield shard, sel
 
 
-def _shard_annotations(data, shard):
-    """A shard's annotation records, checked against its completion record."""
-    rec = read_record(data.run_dir, data.layout, shard)
-    path = data.layout.annotations_path(data.run_dir, shard)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        raw = None
-    if rec is None or raw is None or sha256_bytes(raw) != rec["sha256"].get("annotations"):
-        raise RunDirError(
-            f"Annotations of shard {shard} of {data.run_dir!r} are missing or corrupted "
-            f"({path}). Run `trajlab verify --repair {data.run_dir}` then `trajlab generate "
-            f"{data.run_dir}` to regenerate them.")
-    return [json.loads(line) for line in raw.decode("utf-8").splitlines()]
-
-
 def _small_arrays(data, idx):
     """Everything but the videos; verifies every shard that is read."""
     labels, traj, equations, descriptions = [], [], [], []
@@ -198,7 +180,7 @@ def _small_arrays(data, idx):
         start = data.layout.shard_range(shard)[0]
         labels.append(np.asarray(data.labels[sel], dtype=np.int64))
         traj.append(np.asarray(data.positions[sel], dtype=np.float32))
-        records = _shard_annotations(data, shard)
+        records = data._shard_annotations(shard)   # checksum-verified
         for i in sel:
             r = records[int(i) - start]
             if r.get("index") != int(i):

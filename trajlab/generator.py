@@ -31,7 +31,7 @@ import numpy as np
 from . import camera as cam
 from .render import render
 from .spec import DatasetSpec
-from .trajectories import N_UNIFORMS, REGISTRY, Context
+from .trajectories import N_UNIFORMS, REGISTRY, Context, _lerp
 
 __all__ = ["make_trajectories", "generate_block", "Block", "sample_rng", "labels_for",
            "splits_for", "SPLITS", "NEAR_PLANE"]
@@ -174,10 +174,6 @@ def array_layout(spec, n=None):
     if n is None:
         return layout
     return {k: ((n,) + shape, dt) for k, (shape, dt) in layout.items()}
-
-
-def _lerp(u, pair):
-    return pair[0] + u * (pair[1] - pair[0])
 
 
 def generate_block(spec, start, stop, videos_out=None):

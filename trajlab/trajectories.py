@@ -283,11 +283,7 @@ class Helical(Trajectory):
 
     def positions(self, params, t):
         t = np.asarray(t, dtype=np.float64)
-        theta = _col(params, "theta0") + _col(params, "omega") * t
-        r = _col(params, "radius")
-        return (_row(params, "centre")
-                + (r * np.cos(theta))[..., None] * _row(params, "a")
-                + (r * np.sin(theta))[..., None] * _row(params, "b")
+        return (Circular.positions(self, params, t)
                 + (_col(params, "axial_speed") * t)[..., None] * _row(params, "axis"))
 
     def equation(self, p):
