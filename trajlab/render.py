@@ -20,6 +20,9 @@ import numpy as np
 
 __all__ = ["coverage", "render"]
 
+#: Upper bound of the trail renderer's float64 accumulator, bytes.
+TRAIL_ACC_BYTES = 16 * 2**20
+
 
 def coverage(pixels, radius, image_size):
     """Full-frame coverage of one dot per frame (reference implementation).
@@ -58,6 +61,23 @@ def _window_alpha(pixels, radius, corner, size):
     dy = corner[..., 1, None] + offs - pixels[..., 1, None]
     d = np.sqrt(dy[..., :, None] ** 2 + dx[..., None, :] ** 2)
     return np.clip(radius[..., None, None] + 0.5 - d, 0.0, 1.0)
+
+
+def _scatter(out, alpha, corner, size, bg, delta):
+    """Blend window coverages into ``out`` (N, T, 3, H, W) in place.
+
+    One 1-D scatter per channel through flat indices is much cheaper than
+    4-D fancy indexing; windows of one frame never overlap themselves.
+    """
+    n, t, _, H, W = out.shape
+    frame0 = (np.arange(n)[:, None] * t + np.arange(t)) * (3 * H * W)        # (N, T)
+    idx = (frame0[..., None, None] + corner[..., 1, None, None] * W
+           + corner[..., 0, None, None]
+           + (np.arange(size)[:, None] * W + np.arange(size)[None, :]))
+    flat = out.reshape(-1)   # a view: render() works on a C-contiguous buffer
+    for c in range(3):
+        flat[idx + c * H * W] = np.rint(bg[c] + alpha * delta[:, c, None, None, None]
+                                        ).astype(np.uint8)
 
 
 def render(pixels, radius, colors, background, image_size, style="dot",
@@ -107,24 +127,24 @@ def render(pixels, radius, colors, background, image_size, style="dot",
     delta = colors.astype(np.float64) - bg            # (N, 3)
     corner, size = _window(pixels, radius, image_size)
     if style == "dot":
-        alpha = _window_alpha(pixels, radius, corner, size)    # (N, T, S, S)
-        # flat indices of the window pixels in channel 0 of each frame; one
-        # 1-D scatter per channel is much cheaper than 4-D fancy indexing
-        frame0 = (np.arange(n)[:, None] * t + np.arange(t)) * (3 * H * W)    # (N, T)
-        idx = (frame0[..., None, None] + corner[..., 1, None, None] * W
-               + corner[..., 0, None, None]
-               + (np.arange(size)[:, None] * W + np.arange(size)[None, :]))
-        flat = out.reshape(-1)
-        for c in range(3):
-            val = bg[c] + alpha * delta[:, c, None, None, None]
-            flat[idx + c * H * W] = np.rint(val).astype(np.uint8)
+        _scatter(out, _window_alpha(pixels, radius, corner, size), corner, size, bg, delta)
         return out
     # trail: accumulate the max coverage over lags (dots of different lags
     # may overlap) in zeroed full frames, then blend only inside the windows
     # that were touched; everything else is already the background. The
     # blend is the same element-wise arithmetic as a full-frame blend, so the
-    # bytes are identical at a fraction of the cost. Flat 1-D indices, as in
-    # the dot path (within one lag no two window pixels share an index).
+    # bytes are identical at a fraction of the cost. Samples go in chunks so
+    # the float64 accumulator stays below ~16 MiB whatever the shard size.
+    chunk = max(1, TRAIL_ACC_BYTES // (8 * t * H * W))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        _trail(out[a:b], pixels[a:b], radius[a:b], corner[a:b], size, trail_length,
+               trail_decay, bg, delta[a:b])
+    return out
+
+
+def _trail(out, pixels, radius, corner, size, trail_length, trail_decay, bg, delta):
+    n, t, _, H, W = out.shape
     acc = np.zeros(n * t * H * W, dtype=np.float64)
     offs = np.arange(size)[:, None] * W + np.arange(size)[None, :]          # (S, S)
     windows = []
@@ -143,4 +163,3 @@ def render(pixels, radius, colors, background, image_size, style="dot",
         for c in range(3):
             flat[io + c * H * W] = np.rint(
                 bg[c] + a * delta[:, c, None, None, None]).astype(np.uint8)
-    return out
