@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,6 +266,12 @@ def _prepare(spec, run_dir, shard_size):
             raise ValueError(
                 f"Run directory {run_dir!r} was created with shard_size={layout.shard_size}; "
                 f"got shard_size={shard_size}. Omit it to resume.")
+        recorded = doc.get("numpy_version")
+        if recorded and recorded != np.__version__:
+            warnings.warn(
+                f"{run_dir!r} was started with numpy {recorded}; this process has numpy "
+                f"{np.__version__}. trajlab's arithmetic is element-wise and should give the "
+                "same bytes, but `trajlab verify` after resuming is advised.", stacklevel=3)
         return doc, layout, False
     if os.path.isdir(run_dir):
         foreign = sorted(n for n in os.listdir(run_dir) if not _is_own(n))

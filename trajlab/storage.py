@@ -153,6 +153,9 @@ class RunLayout:
             "format_version": FORMAT_VERSION,
             "data_version": DATA_VERSION,
             "trajlab_version": trajlab_version,
+            # float results of numpy's math could differ across versions;
+            # recorded so that a resume with another numpy can warn
+            "numpy_version": np.__version__,
             "fingerprint": self.spec.fingerprint,
             "spec": self.spec.to_dict(),
             "layout": self.to_dict(),
