@@ -246,7 +246,7 @@ def test_corrupted_annotations_raise(run_copy, tmp_path):
         b = fh.read(1)
         fh.seek(30)
         fh.write(b"X" if b != b"X" else b"Y")       # still valid UTF-8, maybe valid JSON
-    with pytest.raises(RunDirError, match="00001.jsonl' \(shard 1\): the annotations are corrupted"):
+    with pytest.raises(RunDirError, match=r"00001.jsonl' \(shard 1\): the annotations are corrupted"):
         export(run_copy, tmp_path / "x.npz")
 
 
