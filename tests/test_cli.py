@@ -102,3 +102,26 @@ def test_spec_file_argument(tmp_path, cli_run):
 def test_verify_on_a_non_run_dir(tmp_path):
     proc = run_cli("verify", tmp_path)
     assert proc.returncode == 1 and "not a trajlab run directory" in proc.stderr
+
+
+def test_status_of_notebook_run_folders(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rec = {"status": "running", "success": False, "notebook": "notebooks/02.ipynb",
+           "command": "trajlab run notebooks/02.ipynb",
+           "host": {"hostname": socket.gethostname(), "pid": dead.pid}}
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    proc = run_cli("status", tmp_path)
+    assert proc.returncode == 1 and "STALLED" in proc.stdout and "re-run: trajlab run" in proc.stdout
+    rec.update(status="failed", error={"summary": "ZeroDivisionError: boom"})
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    proc = run_cli("status", tmp_path)
+    assert proc.returncode == 1 and "FAILED (ZeroDivisionError: boom)" in proc.stdout
+    rec.update(status="succeeded", success=True, duration_seconds=3.5)
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    proc = run_cli("status", tmp_path)
+    assert proc.returncode == 0 and "FINISHED (succeeded in 3.5 s)" in proc.stdout

@@ -114,11 +114,20 @@ def _cmd_generate(args):
 def _cmd_status(args):
     from .progress import format_status, read_status
 
-    st = read_status(args.run_dir)
+    if (os.path.isfile(os.path.join(args.run_dir, "run.json"))
+            and not os.path.isfile(os.path.join(args.run_dir, "progress.json"))):
+        from .notebooks import read_run_status     # a `trajlab run` folder under runs/
+
+        st = read_run_status(args.run_dir)
+        text = (f"{args.run_dir}: {st['verdict'].upper()} ({st['reason']})\n"
+                f"  notebook {st.get('notebook')}, output {st.get('output')}")
+    else:
+        st = read_status(args.run_dir)
+        text = format_status(args.run_dir, st)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
     else:
-        print(format_status(args.run_dir, st))
+        print(text)
     return {"running": 0, "finished": 0}.get(st["verdict"], 1)
 
 
@@ -192,7 +201,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="trajlab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    s = sub.add_parser("status", help="is a run running, stalled, finished or failed?")
+    s = sub.add_parser("status", help="is a run running, stalled, finished or failed? "
+                       "(a run dir, or a notebook run folder under runs/)")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("verify", help="recompute checksums; report the first bad shard")

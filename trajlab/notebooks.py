@@ -870,3 +870,31 @@ def cli_run(argv=None):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(cli_run())
+
+
+def read_run_status(run_folder):
+    """Status of a notebook run folder (``runs/<...>/``) from its run.json.
+
+    Returns a dict like :func:`trajlab.progress.read_status`: ``verdict``
+    is ``'running'``, ``'stalled'`` (run.json says running but its
+    ``trajlab run`` process on this host is gone), ``'finished'`` or
+    ``'failed'``, with ``reason``.
+    """
+    from .progress import _pid_alive
+
+    with open(os.path.join(run_folder, RUN_JSON), encoding="utf-8") as fh:
+        rec = json.load(fh)
+    host = rec.get("host", {})
+    if rec.get("status") == "running":
+        if host.get("hostname") == socket.gethostname() and not _pid_alive(host.get("pid")):
+            verdict, reason = "stalled", (f"`trajlab run` (pid {host.get('pid')}) is gone; "
+                                          f"re-run: {rec.get('command')}")
+        else:
+            verdict, reason = "running", f"started {rec.get('started')}"
+    elif rec.get("success"):
+        verdict, reason = "finished", f"succeeded in {rec.get('duration_seconds')} s"
+    else:
+        verdict = "failed"
+        reason = (rec.get("error") or {}).get("summary") or rec.get("status") or "failed"
+    rec.update(verdict=verdict, reason=reason)
+    return rec
