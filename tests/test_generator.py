@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+import os
+
 import numpy as np
 import pytest
 
@@ -297,3 +299,34 @@ def test_spec_argument_overrides_n_samples_only():
     v, labels, ann = make_trajectories(7, spec=spec, n_frames=99, return_annotations=True)
     assert v.shape == (7, 6, 3, 20, 20)
     assert (labels == 0).all() and ann["spec"] == spec.replace(n_samples=7)
+
+
+def test_bytes_do_not_depend_on_the_cpus_simd_features():
+    """numpy picks SIMD kernels by CPU feature at run time; a machine
+    without AVX-512/AVX2 must produce the same bytes (mixed clusters,
+    resuming elsewhere). Disable every dispatchable feature in a child."""
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    active = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    if not active:
+        pytest.skip("this CPU has no dispatchable SIMD features to turn off")
+    code = (
+        "import hashlib, numpy as np, trajlab\n"
+        "spec = trajlab.DatasetSpec(n_samples=300, n_frames=16, image_size=32, "
+        "camera=trajlab.CameraSpec(fov_deg=(25, 35), elevation_deg=(10, 40)), "
+        "object_color='random', style='trail', position_jitter=0.01, pixel_noise=2.0)\n"
+        "v, l, a = trajlab.make_trajectories(spec=spec, return_annotations=True)\n"
+        "h = hashlib.sha256(v.tobytes())\n"
+        "for k in ('positions', 'pixels', 'depth', 'radius', 'K', 'R', 't', 'splits'):\n"
+        "    h.update(np.ascontiguousarray(a[k]).tobytes())\n"
+        "print(h.hexdigest())\n")
+    env = dict(os.environ)
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    env["NPY_DISABLE_CPU_FEATURES"] = " ".join(active)
+    scalar = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True).stdout
+    assert plain.strip() and plain == scalar

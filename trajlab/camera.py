@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _math as _m
+
 __all__ = ["look_at", "intrinsics", "project", "unproject", "camera_centre",
            "orbit_eye"]
 
@@ -46,9 +48,9 @@ def orbit_eye(distance, azimuth_deg, elevation_deg):
     """
     az = np.deg2rad(azimuth_deg)
     el = np.deg2rad(elevation_deg)
-    ce = np.cos(el)
-    return np.stack([distance * ce * np.cos(az), distance * ce * np.sin(az),
-                     distance * np.sin(el)], axis=-1)
+    ce = _m.cos(el)
+    return np.stack([distance * ce * _m.cos(az), distance * ce * _m.sin(az),
+                     distance * _m.sin(el)], axis=-1)
 
 
 def _cross(a, b):
@@ -106,7 +108,7 @@ def intrinsics(image_size, fov_deg):
     K : ndarray of shape (..., 3, 3)
     """
     fov = np.asarray(fov_deg, dtype=np.float64)
-    f = (image_size / 2.0) / np.tan(np.deg2rad(fov) / 2.0)
+    f = (image_size / 2.0) / _m.tan(np.deg2rad(fov) / 2.0)
     K = np.zeros(fov.shape + (3, 3))
     K[..., 0, 0] = f
     K[..., 1, 1] = f

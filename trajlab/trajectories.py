@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _math as _m
+
 __all__ = ["Context", "Trajectory", "Linear", "Circular", "Helical", "Parabolic",
            "REGISTRY", "get_class"]
 
@@ -59,7 +61,8 @@ class Context:
 
 # ---------------------------------------------------------------- helpers
 def _norm(a):
-    return a / np.sqrt(np.sum(a * a, axis=-1, keepdims=True))
+    # explicit sum: a reduction's order could depend on the SIMD width
+    return a / np.sqrt(a[..., 0:1] ** 2 + a[..., 1:2] ** 2 + a[..., 2:3] ** 2)
 
 
 def _orthonormal_basis(n):
@@ -72,25 +75,25 @@ def _orthonormal_basis(n):
 
 def _cone(axis, u_cos, u_phi, max_angle_deg):
     """Unit vectors uniform on the cap of half-angle ``max_angle_deg``."""
-    cmin = np.cos(np.deg2rad(max_angle_deg))
+    cmin = _m.cos(np.deg2rad(max_angle_deg))
     c = 1.0 - u_cos * (1.0 - cmin)
     s = np.sqrt(np.maximum(0.0, 1.0 - c * c))
     phi = 2.0 * np.pi * u_phi
     e1, e2 = _orthonormal_basis(axis)
-    return (c[..., None] * axis + s[..., None] * (np.cos(phi)[..., None] * e1
-                                                  + np.sin(phi)[..., None] * e2))
+    return (c[..., None] * axis + s[..., None] * (_m.cos(phi)[..., None] * e1
+                                                  + _m.sin(phi)[..., None] * e2))
 
 
 def _band(axis, u_z, u_phi, min_angle_deg):
     """Unit vectors uniform on the sphere minus two caps of half-angle
     ``min_angle_deg`` around +/- ``axis``."""
-    zmax = np.cos(np.deg2rad(min_angle_deg))
+    zmax = _m.cos(np.deg2rad(min_angle_deg))
     z = (2.0 * u_z - 1.0) * zmax
     s = np.sqrt(1.0 - z * z)
     phi = 2.0 * np.pi * u_phi
     e1, e2 = _orthonormal_basis(axis)
-    return (z[..., None] * axis + s[..., None] * (np.cos(phi)[..., None] * e1
-                                                  + np.sin(phi)[..., None] * e2))
+    return (z[..., None] * axis + s[..., None] * (_m.cos(phi)[..., None] * e1
+                                                  + _m.sin(phi)[..., None] * e2))
 
 
 def _lerp(u, lo_hi):
@@ -233,8 +236,8 @@ class Circular(Trajectory):
         theta = _col(params, "theta0") + _col(params, "omega") * t
         r = _col(params, "radius")
         return (_row(params, "centre")
-                + (r * np.cos(theta))[..., None] * _row(params, "a")
-                + (r * np.sin(theta))[..., None] * _row(params, "b"))
+                + (r * _m.cos(theta))[..., None] * _row(params, "a")
+                + (r * _m.sin(theta))[..., None] * _row(params, "b"))
 
     def equation(self, p):
         return (f"p(t) = c + r·(cos θ(t)·a + sin θ(t)·b), θ(t) = θ0 + ω·t; "
@@ -325,7 +328,7 @@ class Parabolic(Trajectory):
         right = _norm(right)
         ang = np.deg2rad((2.0 * u[:, 4] - 1.0) * self.max_off_plane_deg)
         side = np.where(u[:, 5] < 0.5, 1.0, -1.0)
-        c, s = np.cos(ang), np.sin(ang)
+        c, s = _m.cos(ang), _m.sin(ang)
         hx = side * (c * right[:, 0] - s * right[:, 1])
         hy = side * (s * right[:, 0] + c * right[:, 1])
         speed = _lerp(u[:, 3], self.horizontal_travel) / T
