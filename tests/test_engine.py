@@ -430,3 +430,17 @@ def test_fsync_mode_syncs_data_records_and_renames(tmp_path, reference, monkeypa
     assert sum(n.startswith("shards/") and ".tmp-" in n for n in names) == 10   # every record
     assert sum(n == "shards" for n in names) == 10                     # ... and its rename
     assert any(n.startswith("manifest.json.tmp-") for n in names)
+
+
+def test_resume_refused_where_numerics_differ(fresh_run):
+    """spec.json records a probe of the first samples' bytes; a process that
+    computes another probe (other numpy/libm) must not add to the run."""
+    doc = json.load(open(fresh_run / "spec.json"))
+    assert doc["probe_sha256"] == trajlab.generator.probe_digest(SMALL)
+    os.remove(fresh_run / "manifest.json")
+    doc["probe_sha256"] = "0" * 64        # as if written by a machine computing other bytes
+    write_json_atomic(fresh_run / "spec.json", doc)
+    before = snapshot(fresh_run)
+    with pytest.raises(RunDirError, match="This machine generates different bytes"):
+        generate(SMALL, fresh_run, progress="none")
+    assert snapshot(fresh_run) == before

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -240,7 +241,12 @@ def _probe_run_dir(path):
            "trajlab": trajlab.__version__, "data_version": DATA_VERSION}
     try:
         with open(os.path.join(path, "spec.json"), "rb") as fh:
-            out["spec_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+            raw = fh.read()
+        out["spec_sha256"] = hashlib.sha256(raw).hexdigest()
+        from trajlab.generator import probe_digest
+        from trajlab.spec import DatasetSpec
+
+        out["probe_sha256"] = probe_digest(DatasetSpec.from_dict(json.loads(raw)["spec"]))
         out["writable"] = os.access(os.path.join(path, "videos.npy"), os.W_OK) and os.access(
             os.path.join(path, "annotations"), os.W_OK | os.X_OK)
     except OSError as exc:
@@ -269,7 +275,9 @@ def check_shared_storage(client, run_dir, *, timeout=None):
 
     run_dir = os.path.abspath(os.fspath(run_dir))
     with open(os.path.join(run_dir, "spec.json"), "rb") as fh:
-        expected = hashlib.sha256(fh.read()).hexdigest()
+        raw = fh.read()
+    expected = hashlib.sha256(raw).hexdigest()
+    probe = json.loads(raw).get("probe_sha256")
     deadline = time.monotonic() + connect_timeout(timeout)
     while True:
         seen = client.run(_probe_run_dir, run_dir, on_error="return")
@@ -290,6 +298,10 @@ def check_shared_storage(client, run_dir, *, timeout=None):
                 bad[where] = f"cannot read {run_dir}/spec.json ({info['error']})"
             elif info["spec_sha256"] != expected:
                 bad[where] = f"sees a different {run_dir}/spec.json (another filesystem?)"
+            elif probe and info.get("probe_sha256") != probe:
+                final = True
+                bad[where] = ("generates different bytes for the first samples than this "
+                              "process (other numpy or C library?)")
             elif not info["writable"]:
                 bad[where] = f"cannot write the data files in {run_dir}"
         if not bad:

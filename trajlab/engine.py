@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -266,12 +265,7 @@ def _prepare(spec, run_dir, shard_size):
             raise ValueError(
                 f"Run directory {run_dir!r} was created with shard_size={layout.shard_size}; "
                 f"got shard_size={shard_size}. Omit it to resume.")
-        recorded = doc.get("numpy_version")
-        if recorded and recorded != np.__version__:
-            warnings.warn(
-                f"{run_dir!r} was started with numpy {recorded}; this process has numpy "
-                f"{np.__version__}. trajlab's arithmetic is element-wise and should give the "
-                "same bytes, but `trajlab verify` after resuming is advised.", stacklevel=3)
+        _check_probe(run_dir, doc, layout.spec)
         return doc, layout, False
     if os.path.isdir(run_dir):
         foreign = sorted(n for n in os.listdir(run_dir) if not _is_own(n))
@@ -410,6 +404,19 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
                             time.perf_counter() - t0,
                             generated / seconds if seconds > 0 and generated else None,
                             False, manifest)
+
+
+def _check_probe(run_dir, doc, spec):
+    """Refuse to add to a run dir if this process would write other bytes."""
+    from .generator import probe_digest
+
+    recorded = doc.get("probe_sha256")
+    if recorded and recorded != probe_digest(spec):
+        raise RunDirError(
+            f"This machine generates different bytes for {run_dir!r} than the one that "
+            f"started it (numpy {doc.get('numpy_version')} there, {np.__version__} here; "
+            "probe of the first samples differs). Resume it where it was started, or with "
+            "the same numpy and C library.")
 
 
 def _check_backend(backend, scheduler):

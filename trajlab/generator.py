@@ -33,7 +33,7 @@ from .render import render
 from .spec import DatasetSpec
 from .trajectories import N_UNIFORMS, REGISTRY, Context, _lerp
 
-__all__ = ["make_trajectories", "generate_block", "Block", "sample_rng", "labels_for",
+__all__ = ["make_trajectories", "generate_block", "probe_digest", "Block", "sample_rng", "labels_for",
            "splits_for", "SPLITS", "NEAR_PLANE"]
 
 LABEL_KEY = 0x4C41424C   # "LABL": spawn-key domain of the label permutations
@@ -275,6 +275,20 @@ def generate_block(spec, start, stop, videos_out=None):
             videos[k] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
                  params=params, rejections=rejections, **arr)
+
+
+def probe_digest(spec, n=8):
+    """sha256 of the first ``n`` samples (all arrays). Stored in spec.json
+    when a run starts and recomputed by every process that adds to it: a
+    machine whose numerics differ (another libm, a broken install) is
+    refused instead of mixing its bytes into the dataset."""
+    import hashlib
+
+    block = generate_block(spec, 0, min(n, spec.n_samples))
+    h = hashlib.sha256()
+    for name in Block.ARRAYS:
+        h.update(np.ascontiguousarray(getattr(block, name)).tobytes())
+    return h.hexdigest()
 
 
 def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical", "parabolic"),

@@ -33,7 +33,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .generator import array_layout, generate_block
+from .generator import array_layout, generate_block, probe_digest
 from .spec import DATA_VERSION, DatasetSpec
 
 __all__ = ["FORMAT_VERSION", "RunLayout", "write_json_atomic", "read_json", "RunLock",
@@ -156,6 +156,7 @@ class RunLayout:
             # float results of numpy's math could differ across versions;
             # recorded so that a resume with another numpy can warn
             "numpy_version": np.__version__,
+            "probe_sha256": probe_digest(self.spec),
             "fingerprint": self.spec.fingerprint,
             "spec": self.spec.to_dict(),
             "layout": self.to_dict(),
