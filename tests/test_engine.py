@@ -444,3 +444,23 @@ def test_resume_refused_where_numerics_differ(fresh_run):
     with pytest.raises(RunDirError, match="This machine generates different bytes"):
         generate(SMALL, fresh_run, progress="none")
     assert snapshot(fresh_run) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signals_end_the_run_as_interrupted_and_resume(tmp_path, kill_reference, sig):
+    rd = tmp_path / "run"
+    proc = _spawn(rd, KILL_SPEC.n_samples, 50)
+    try:
+        _wait_for(lambda: len(_records(rd)) >= 3 or proc.poll() is not None)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    st = json.load(open(rd / "progress.json"))
+    assert st["state"] == "interrupted"
+    assert f"interrupted by {'the user' if sig == signal.SIGINT else sig.name}" in st["message"]
+    assert "re-run the same command to resume" in st["message"]
+    assert json.loads(run_cli("status", rd, "--json").stdout)["verdict"] == "interrupted"
+    generate(KILL_SPEC, rd, n_jobs=2, progress="none")
+    assert tree_digest(rd) == kill_reference

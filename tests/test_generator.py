@@ -103,6 +103,11 @@ def test_every_class_moves_enough(size_datasets):
             sel = labels == c
             assert sel.sum() >= len(labels) // 4
             assert (step[sel] > threshold).all(), name
+            # stated visibility floors, independent of the generator's own
+            # rejection cut (0.48 px/frame at 32 px): every clip moves at
+            # least 0.9 px per frame, a typical clip of each class 1.5 px
+            assert step[sel].min() >= 0.9, name
+            assert np.median(step[sel]) >= 1.5, name
             # visible in the pixels too: the lit region moves between
             # the first and the last frame
             first, last = videos[sel, 0, 0] > 0, videos[sel, -1, 0] > 0

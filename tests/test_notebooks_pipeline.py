@@ -129,6 +129,15 @@ def test_checked_outputs_of_02_and_03_match_the_default_dataset(tmp_path):
     ({"n_sample": 10}, ValueError, r"Unknown parameter 'n_sample'.*valid parameters are: "
                                    r"n_samples,"),
     ({"backend": 3}, TypeError, r"'backend' parameter .* must be a str or None\. Got 3"),
+    ({"backend": "lokyy"}, ValueError, r"The 'backend' parameter of notebook "
+                                       r"02_generate_dataset must be None or one of \{'dask'"),
+    ({"n_jobs": 0}, ValueError, r"The 'n_jobs' parameter of notebook 02_generate_dataset "
+                                r"must be a non-zero int"),
+    ({"shard_size": 0}, ValueError, r"The 'shard_size' parameter of notebook "
+                                    r"02_generate_dataset must be an int in the range \[1, inf\)"),
+    ({"scheduler": "tcp://127.0.0.1:1"}, ValueError,
+     r"The 'scheduler' parameter of notebook 02_generate_dataset must be None unless "
+     r"backend='dask'"),
 ])
 def test_invalid_parameters_of_02_fail_before_execution(tmp_path, params, exc, match):
     runs = tmp_path / "runs"

@@ -87,8 +87,25 @@ def _add_generate(sub):
                    help="re-check checksums of recorded shards before resuming")
 
 
+def _interrupt_on(*signals):
+    """Turn termination signals (``kill``, a closed SSH session, a spot
+    instance notice) into KeyboardInterrupt, so the run ends as
+    'interrupted' in progress.json instead of looking stalled."""
+    import signal
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
 def _cmd_generate(args):
+    import signal
+
     from .engine import generate
+
+    _interrupt_on(signal.SIGTERM, signal.SIGHUP)
 
     spec_given = any(getattr(args, k) is not None for k in (
         "spec", "n_samples", "n_frames", "image_size", "style", "seed", "classes", "splits",

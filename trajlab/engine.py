@@ -393,8 +393,12 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
                 _run_shards(run_dir, layout, missing, n_jobs, fsync, backend, scheduler, prog)
             manifest = _finalize(run_dir, layout, doc, fsync)
         except BaseException as exc:
-            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            prog.close(state, message=f"{type(exc).__name__}: {exc}"[:500])
+            if isinstance(exc, KeyboardInterrupt):
+                prog.close("interrupted", message=(
+                    f"interrupted by {str(exc) or 'the user (SIGINT / Ctrl-C)'}; re-run the same "
+                    "command to resume"))
+            else:
+                prog.close("failed", message=f"{type(exc).__name__}: {exc}"[:500])
             raise
         seconds = time.perf_counter() - t_gen
         generated = spec.n_samples - n_done

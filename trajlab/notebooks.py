@@ -441,7 +441,31 @@ def validate_parameters(notebook, parameters, declared=None):
     merged = {k: info["default"] for k, info in declared.items()}
     merged.update(parameters)
     _check_spec_fields(merged, parameters, declared, owner)
+    _check_generate_args(merged, parameters, owner)
     return merged
+
+
+def _check_generate_args(merged, overrides, owner):
+    """Range-check parameters that trajlab notebooks pass to
+    :func:`trajlab.generate` (n_jobs, shard_size, backend, scheduler) with
+    generate's own checks, before a kernel starts."""
+    names = {"n_jobs", "shard_size", "backend", "scheduler"}
+    if not names & set(overrides):
+        return
+    from . import _validation as v
+    from .engine import _check_backend
+
+    try:
+        if "n_jobs" in merged and merged["n_jobs"] is not None:
+            n = v.check_int(merged["n_jobs"], "n_jobs", "generate", -1024, 1024)
+            if n == 0:
+                v.fail("n_jobs", "generate",
+                       "a non-zero int (negative counts from the number of CPUs)", 0)
+        if merged.get("shard_size", "auto") != "auto":
+            v.check_int(merged["shard_size"], "shard_size", "generate", 1)
+        _check_backend(merged.get("backend"), merged.get("scheduler"))
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(str(exc).replace(" of generate ", f" of {owner} ")) from None
 
 
 def _check_spec_fields(merged, overrides, declared, owner):
