@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="10x fewer samples")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats (medians)")
     args = ap.parse_args()
     scale = 10 if args.quick else 1
     configs = [(100_000 // scale, 8, 32), (10_000 // scale, 16, 64)]
@@ -126,10 +127,20 @@ def main():
     rows = []
     try:
         for n, frames, size in configs:
-            floor = run_floor(n, frames, size, workdir)
-            gen, tree, single, nbytes = run_generate(n, frames, size, args.n_jobs, workdir)
+            # interleaved repeats, medians: the disk's write-back state makes
+            # single timings of multi-GB writes noisy
+            floors, gens, trees, singles = [], [], [], []
+            for _ in range(args.repeat):
+                floors.append(run_floor(n, frames, size, workdir))
+                gen, tree, single, nbytes = run_generate(n, frames, size, args.n_jobs, workdir)
+                gens.append(gen)
+                trees.append(tree)
+                singles.append(single)
             _, tree_small, single_small, _ = run_generate(n // 10, frames, size, args.n_jobs, workdir)
-            rows.append((n, frames, size, nbytes, floor, gen, tree, single, tree_small, single_small))
+            rows.append((n, frames, size, nbytes, float(np.median(floors)), float(np.median(gens)),
+                         max(trees), max(singles), tree_small, single_small))
+            print(f"  {n:,} x {frames}x{size}: floor s {[round(x, 2) for x in floors]}, "
+                  f"generate s {[round(x, 2) for x in gens]}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     mib = 2**20
@@ -142,8 +153,8 @@ def main():
               f"{gen / floor:9.2f} {rate:10,.0f} {rate / EARLIER[(frames, size)]:9.1f}x "
               f"{tree_s / mib:8.0f}M {tree / mib:7.0f}M {tree / tree_s:8.2f}")
     print()
-    print("gen/floor: time to a complete dataset / time np.save needs for the same bytes "
-          "(target <= 3).")
+    print("gen/floor: median time to a complete dataset / median time np.save needs for the "
+          "same bytes (target <= 3).")
     print("RSS: peak resident memory of the whole process tree (parent + workers) for n/10 "
           "and n samples; n/(n/10) ~ 1 means memory is flat in n (target within 10 %).")
     print("vs earlier: samples/s divided by the earlier generator's quoted in-memory rate "
