@@ -22,6 +22,7 @@ frames (no temporal aliasing).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,12 @@ def _turns_range(turns, n_frames):
 
 
 def _vec(x):
-    return "(" + ", ".join(f"{c:.3f}" for c in np.asarray(x, dtype=float)) + ")"
+    x, y, z = (float(c) for c in x)
+    return "(%.3f, %.3f, %.3f)" % (x, y, z)
+
+
+def _length(v):
+    return math.sqrt(sum(float(c) ** 2 for c in v))
 
 
 def _col(p, key):
@@ -199,7 +205,7 @@ class Linear(Trajectory):
         return f"p(t) = {_vec(p['p0'])} + t·{_vec(p['v'])}"
 
     def description(self, p, clip_seconds):
-        speed = float(np.linalg.norm(p["v"]))
+        speed = _length(p["v"])
         return (f"Linear motion at constant speed {speed:.2f} m/s along "
                 f"{_vec(np.asarray(p['v']) / speed)} for {clip_seconds:.2f} s.")
 
@@ -356,7 +362,7 @@ class Parabolic(Trajectory):
         vz = p["v0"][2]
         g = -p["g"][2]
         return (f"Parabolic throw under gravity {g:.2f} m/s², launched at "
-                f"{np.linalg.norm(p['v0']):.2f} m/s (upward {vz:.2f} m/s), apex at "
+                f"{_length(p['v0']):.2f} m/s (upward {vz:.2f} m/s), apex at "
                 f"t = {vz / g:.2f} s, over {clip_seconds:.2f} s.")
 
 
