@@ -16,7 +16,7 @@ import pytest
 import trajlab
 from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_dataset
 from trajlab.engine import _finalize, find_bad_shards
-from trajlab.storage import RunLayout, RunLock, load_layout, write_json_atomic, write_shard
+from trajlab.storage import RunLayout, load_layout, write_json_atomic, write_shard
 
 from _util import run_cli, snapshot, tree_digest
 

@@ -100,7 +100,7 @@ class GenerationResult:
         return "\n".join(lines)
 
     def __repr__(self):
-        return f"GenerationResult(\n  " + self.summary().replace("\n", "\n  ") + "\n)"
+        return "GenerationResult(\n  " + self.summary().replace("\n", "\n  ") + "\n)"
 
 
 def _check_args(spec, run_dir, n_jobs, shard_size, progress):
