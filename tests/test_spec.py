@@ -209,21 +209,21 @@ def test_camera_dict_with_unknown_key():
 
 # ------------------------------------------------ make_trajectories input
 BAD_MAKE = [
-    (dict(n_samples=0), ValueError, _msg("n_samples", "DatasetSpec", f"{INT_RANGE} [1, inf)", 0)),
+    (dict(n_samples=0), ValueError, _msg("n_samples", "make_trajectories", f"{INT_RANGE} [1, inf)", 0)),
     (dict(n_samples=-3), ValueError,
-     _msg("n_samples", "DatasetSpec", f"{INT_RANGE} [1, inf)", -3)),
+     _msg("n_samples", "make_trajectories", f"{INT_RANGE} [1, inf)", -3)),
     (dict(n_samples=2.0), TypeError,
-     _msg("n_samples", "DatasetSpec", f"{INT_RANGE} [1, inf)", 2.0)),
-    (dict(n_frames=1), ValueError, _msg("n_frames", "DatasetSpec", f"{INT_RANGE} [2, inf)", 1)),
+     _msg("n_samples", "make_trajectories", f"{INT_RANGE} [1, inf)", 2.0)),
+    (dict(n_frames=1), ValueError, _msg("n_frames", "make_trajectories", f"{INT_RANGE} [2, inf)", 1)),
     (dict(n_frames=True), TypeError,
-     _msg("n_frames", "DatasetSpec", f"{INT_RANGE} [2, inf)", True)),
+     _msg("n_frames", "make_trajectories", f"{INT_RANGE} [2, inf)", True)),
     (dict(image_size=4), ValueError,
-     _msg("image_size", "DatasetSpec", f"{INT_RANGE} [16, 1024]", 4)),
+     _msg("image_size", "make_trajectories", f"{INT_RANGE} [16, 1024]", 4)),
     (dict(classes=("linear", "spiral")), ValueError,
      r"must be a sequence of class names from \{'linear', 'circular', 'helical', 'parabolic'\}"),
-    (dict(style="blur"), ValueError, _msg("style", "DatasetSpec", "one of {'dot', 'trail'}",
+    (dict(style="blur"), ValueError, _msg("style", "make_trajectories", "one of {'dot', 'trail'}",
                                           "'blur'")),
-    (dict(seed=-1), ValueError, r"The 'seed' parameter of DatasetSpec must be an int"),
+    (dict(seed=-1), ValueError, r"The 'seed' parameter of make_trajectories must be an int"),
     (dict(chunk_size=0), ValueError,
      _msg("chunk_size", "make_trajectories", f"{INT_RANGE} [1, inf)", 0)),
     (dict(chunk_size=True), TypeError,
@@ -231,7 +231,7 @@ BAD_MAKE = [
     (dict(spec={"n_samples": 3}), TypeError,
      r"The 'spec' parameter of make_trajectories must be a DatasetSpec\. Got \{'n_samples': 3\}"),
     (dict(spec=DatasetSpec(), n_samples=0), ValueError,
-     _msg("n_samples", "DatasetSpec", f"{INT_RANGE} [1, inf)", 0)),
+     _msg("n_samples", "make_trajectories", f"{INT_RANGE} [1, inf)", 0)),
 ]
 
 

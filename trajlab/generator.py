@@ -327,14 +327,19 @@ def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical
         params, equation, description), ``rejections`` per class and
         ``spec``.
     """
-    if spec is None:
-        spec = DatasetSpec(n_samples=1000 if n_samples is None else n_samples, classes=classes, n_frames=n_frames,
-                           image_size=image_size, style=style, seed=seed)
-    elif not isinstance(spec, DatasetSpec):
-        raise TypeError(f"The 'spec' parameter of make_trajectories must be a DatasetSpec. "
-                        f"Got {spec!r} instead.")
-    elif n_samples is not None:
-        spec = spec.replace(n_samples=n_samples)
+    try:
+        if spec is None:
+            spec = DatasetSpec(n_samples=1000 if n_samples is None else n_samples,
+                               classes=classes, n_frames=n_frames, image_size=image_size,
+                               style=style, seed=seed)
+        elif not isinstance(spec, DatasetSpec):
+            raise TypeError(f"The 'spec' parameter of make_trajectories must be a DatasetSpec. "
+                            f"Got {spec!r} instead.")
+        elif n_samples is not None:
+            spec = spec.replace(n_samples=n_samples)
+    except (TypeError, ValueError) as exc:
+        # these are make_trajectories' own parameters: name it as their owner
+        raise type(exc)(str(exc).replace(" of DatasetSpec ", " of make_trajectories ")) from None
     from ._validation import check_int
     chunk_size = check_int(chunk_size, "chunk_size", "make_trajectories", 1)
     n = spec.n_samples
