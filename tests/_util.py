@@ -41,3 +41,15 @@ def run_cli(*args, check=False, timeout=300, **kw):
     if check and proc.returncode != 0:
         raise AssertionError(f"trajlab {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def small_run(tmp_path_factory, name, seed, n=40, frames=8, size=16, shard=8):
+    """A finished run dir (n samples in shards of ``shard``) and the
+    in-memory oracle for it, as a dict (dir, spec, videos, labels, ann)."""
+    import trajlab
+
+    spec = trajlab.DatasetSpec(n_samples=n, n_frames=frames, image_size=size, seed=seed)
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    trajlab.generate(spec, run_dir, n_jobs=1, shard_size=shard, progress="none")
+    videos, labels, ann = trajlab.make_trajectories(n, spec=spec, return_annotations=True)
+    return {"dir": str(run_dir), "spec": spec, "videos": videos, "labels": labels, "ann": ann}

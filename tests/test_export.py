@@ -9,6 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _util import small_run
 
 import trajlab
 import trajlab.export as ex
@@ -25,11 +26,7 @@ KEYS = {"videos", "labels", "trajectory_3d", "equations", "descriptions", "class
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """A finished run dir (5 shards of 8) and the in-memory oracle."""
-    spec = trajlab.DatasetSpec(n_samples=N, n_frames=T, image_size=S, seed=11)
-    run_dir = tmp_path_factory.mktemp("export") / "run"
-    trajlab.generate(spec, run_dir, n_jobs=1, shard_size=SHARD, progress="none")
-    videos, labels, ann = trajlab.make_trajectories(N, spec=spec, return_annotations=True)
-    return {"dir": str(run_dir), "spec": spec, "videos": videos, "labels": labels, "ann": ann}
+    return small_run(tmp_path_factory, "export", seed=11, n=N, frames=T, size=S, shard=SHARD)
 
 
 def _expected(run, split=None):

@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from _util import small_run
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
@@ -28,11 +29,7 @@ N, T, S, SHARD = 40, 8, 16, 8
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """A finished run dir (5 shards of 8) and the in-memory oracle."""
-    spec = trajlab.DatasetSpec(n_samples=N, n_frames=T, image_size=S, seed=3)
-    run_dir = tmp_path_factory.mktemp("torchdata") / "run"
-    trajlab.generate(spec, run_dir, n_jobs=1, shard_size=SHARD, progress="none")
-    videos, labels, ann = trajlab.make_trajectories(N, spec=spec, return_annotations=True)
-    return {"dir": str(run_dir), "spec": spec, "videos": videos, "labels": labels, "ann": ann}
+    return small_run(tmp_path_factory, "torchdata", seed=3, n=N, frames=T, size=S, shard=SHARD)
 
 
 @pytest.fixture
