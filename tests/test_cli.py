@@ -125,3 +125,88 @@ def test_status_of_notebook_run_folders(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(rec))
     proc = run_cli("status", tmp_path)
     assert proc.returncode == 0 and "FINISHED (succeeded in 3.5 s)" in proc.stdout
+
+
+# ------------------------------------------------ a plain resume never starts a dataset
+def test_plain_resume_without_spec_json_refuses_to_start_a_dataset(tmp_path):
+    rd = tmp_path / "typo"
+    proc = run_cli("generate", rd)
+    assert proc.returncode == 2
+    assert "no spec.json" in proc.stderr and "--new" in proc.stderr
+    assert "spec arguments" in proc.stderr
+    assert not rd.exists()
+
+
+def test_plain_resume_after_a_kill_before_spec_json_refuses(tmp_path):
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / ".lock").write_text(json.dumps({"program": "trajlab", "pid": 1, "host": "h",
+                                          "since": "2024-01-01T00:00:00Z"}))
+    before = snapshot(rd)
+    proc = run_cli("generate", rd)
+    assert proc.returncode == 2 and "no spec.json" in proc.stderr
+    assert snapshot(rd) == before
+
+
+def test_new_flag_starts_the_default_dataset(tmp_path, monkeypatch):
+    import trajlab.cli as cli
+    import trajlab.engine as eng
+
+    seen = {}
+
+    class Done:
+        def summary(self):
+            return "ok"
+
+    monkeypatch.setattr(eng, "generate", lambda spec, run_dir, **kw: seen.update(spec=spec) or Done())
+    assert cli.main(["generate", str(tmp_path / "new"), "--new", "--progress", "none"]) == 0
+    assert seen["spec"] == DatasetSpec()
+
+
+# ------------------------------------------------------------------ bounds
+@pytest.mark.parametrize("args,message", [
+    (["--n-frames", "10000000", "-n", "1"],
+     "The 'n_frames' parameter of DatasetSpec must be an int in the range [2, 1024]. "
+     "Got 10000000 instead."),
+    (["--n-frames", str(10**9), "-n", "1"],
+     "The 'n_frames' parameter of DatasetSpec must be an int in the range [2, 1024]. "
+     "Got 1000000000 instead."),
+    (["--classes", ""], "The 'classes' parameter of DatasetSpec must be a non-empty sequence"),
+    (["--splits", ""], "The 'splits' parameter of generate must be three comma-separated"),
+    (["--object-color", "0,0,0", "-n", "4"],
+     "The 'object_color' parameter of DatasetSpec must be"),
+])
+def test_unbounded_or_empty_arguments_exit_2_quickly(tmp_path, args, message):
+    proc = run_cli("generate", tmp_path / "r", *args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_spec_file_that_never_ends_is_refused(tmp_path):
+    import resource
+
+    def limit():       # today's code reads /dev/zero until memory runs out
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    proc = run_cli("generate", tmp_path / "r", "--spec", "/dev/zero", timeout=60,
+                   preexec_fn=limit)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "The 'spec' parameter of generate must be a JSON file" in proc.stderr
+    assert "not a regular file" in proc.stderr
+
+
+# ----------------------------------------------------- damaged manifest counts
+def test_info_does_not_print_counts_the_data_contradicts(cli_run, tmp_path):
+    import shutil
+
+    rd = tmp_path / "run"
+    shutil.copytree(cli_run[0], rd)
+    m = json.loads((rd / "manifest.json").read_text())
+    m["class_counts"]["linear"] = 1001
+    (rd / "manifest.json").write_text(json.dumps(m))
+    proc = run_cli("info", rd)
+    assert "1001" not in proc.stdout
+    assert proc.returncode == 1 and "DAMAGED" in proc.stdout and "manifest.json" in proc.stdout
+    proc = run_cli("verify", rd)
+    assert proc.returncode == 1 and "class_counts" in proc.stdout

@@ -62,5 +62,298 @@ def test_annotation_index_out_of_range(run):
     rd, _ = run
     ds = open_dataset(rd)
     assert ds.annotation(-1)["index"] == 39
-    with pytest.raises(IndexError, match="sample index 40 out of range for 40 samples"):
+    with pytest.raises(IndexError, match=r"The .i. parameter of TrajectoryData.annotation must be "
+                                         r"an int in the range \[-40, 39\]\. Got 40 instead"):
         ds.annotation(40)
+
+
+# ------------------------------------------------------------------
+# verify succeeds exactly when loading every sample and annotation would
+# succeed and return the recorded bytes.
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+from trajlab import verify_run  # noqa: E402
+from trajlab.storage import load_layout  # noqa: E402
+
+from _util import run_cli, tree_digest  # noqa: E402
+
+PSPEC = DatasetSpec(n_samples=24, n_frames=4, image_size=16, seed=9)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("pristine") / "run"
+    generate(PSPEC, rd, n_jobs=1, shard_size=8, progress="none")
+    videos, labels, ann = make_trajectories(PSPEC.n_samples, spec=PSPEC, return_annotations=True)
+    manifest = json.loads((rd / "manifest.json").read_text())
+    return {"dir": rd, "videos": videos, "labels": labels, "ann": ann, "manifest": manifest,
+            "digest": tree_digest(rd)}
+
+
+@pytest.fixture()
+def copy(tmp_path, pristine):
+    rd = tmp_path / "run"
+    shutil.copytree(pristine["dir"], rd, symlinks=True)
+    return rd
+
+
+def _flip(path, where):
+    data = bytearray(path.read_bytes())
+    k = {"first": 0, "middle": len(data) // 2, "last": len(data) - 1}[where]
+    data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _npy_header(path, edit):
+    data = path.read_bytes()
+    hlen = data.index(b"\n") + 1
+    head = data[:hlen].decode("latin1")
+    new = edit(head).encode("latin1")
+    new = new[:-1].ljust(hlen - 1) + b"\n" if len(new) <= hlen else new
+    path.write_bytes(new + data[hlen:])
+
+
+def _json_number(path, replace):
+    text = path.read_text()
+    m = re.search(r'(?<=": )\d+(?=[,\n])', text)
+    if m is None:
+        return False
+    path.write_text(text[:m.start()] + replace(m.group()) + text[m.end():])
+    return True
+
+
+def _symlink_copy(path, tmp):
+    target = tmp / ("outside-" + path.name)
+    if path.is_dir():
+        shutil.copytree(path, target)
+        shutil.rmtree(path)
+    else:
+        shutil.copy2(path, target)
+        path.unlink()
+    os.symlink(target, path)
+
+
+CORRUPTIONS = {
+    "flip first byte": lambda p, t: _flip(p, "first"),
+    "flip middle byte": lambda p, t: _flip(p, "middle"),
+    "flip last byte": lambda p, t: _flip(p, "last"),
+    "truncate one byte": lambda p, t: os.truncate(p, p.stat().st_size - 1),
+    "empty": lambda p, t: os.truncate(p, 0),
+    "append a byte": lambda p, t: p.write_bytes(p.read_bytes() + b"\x00"),
+    "delete": lambda p, t: p.unlink(),
+    "symlink to an identical copy": _symlink_copy,
+    "fortran_order": lambda p, t: _npy_header(p, lambda h: h.replace("False", "True")),
+    "npy version 2.0": lambda p, t: p.write_bytes(p.read_bytes()[:6] + b"\x02\x00"
+                                                   + p.read_bytes()[8:]),
+    "big-endian dtype": lambda p, t: _npy_header(p, lambda h: h.replace("'<", "'>")),
+    "shape + 1": lambda p, t: _npy_header(p, lambda h: re.sub(r"\((\d+)", lambda m: "(" + str(
+        int(m.group(1)) + 1), h, count=1)),
+    "invalid JSON": lambda p, t: p.write_text("{" + p.read_text()),
+    "number + 1": lambda p, t: _json_number(p, lambda s: str(int(s) + 1)),
+    "number as true": lambda p, t: _json_number(p, lambda s: "true"),
+    "number as float": lambda p, t: _json_number(p, lambda s: s + ".5"),
+}
+DIR_CORRUPTIONS = {"delete": lambda p, t: shutil.rmtree(p),
+                   "symlink to an identical copy": _symlink_copy}
+
+
+def _cases(rd):
+    for path in sorted(rd.rglob("*")):
+        rel = path.relative_to(rd).as_posix()
+        if path.is_dir():
+            for kind in DIR_CORRUPTIONS:
+                yield rel, kind
+            continue
+        for kind in CORRUPTIONS:
+            if kind in ("fortran_order", "npy version 2.0", "big-endian dtype", "shape + 1") \
+                    and not rel.endswith(".npy"):
+                continue
+            if kind.startswith(("invalid JSON", "number")) and not rel.endswith(".json"):
+                continue
+            yield rel, kind
+
+
+def _load_everything(rd, pristine, verify="lazy"):
+    """True if loading every sample and annotation succeeds and returns the
+    recorded data; False if it raises RunDirError; a string if it returns
+    anything else."""
+    try:
+        ds = open_dataset(rd, verify=verify)
+        recs = pristine["ann"]["records"]
+        for i in range(len(ds)):
+            s = ds.sample(i)
+            if not np.array_equal(ds.video(i), pristine["videos"][i]) \
+                    or not np.array_equal(s["videos"], pristine["videos"][i]) \
+                    or ds.label(i) != pristine["labels"][i] \
+                    or not np.array_equal(s["pixels"], pristine["ann"]["pixels"][i]):
+                return f"sample {i} differs"
+            if ds.annotation(i) != recs[i]:
+                return f"annotation {i} differs"
+        if list(ds.annotations()) != recs:
+            return "annotations differ"
+        got = {k: v for k, v in ds.manifest.items() if k != "finished_at"}
+        if got != {k: v for k, v in pristine["manifest"].items() if k != "finished_at"}:
+            return "manifest differs"
+        return True
+    except RunDirError:
+        return False
+
+
+def _corrupt(rd, rel, kind, tmp):
+    path = rd / rel
+    table = DIR_CORRUPTIONS if path.is_dir() else CORRUPTIONS
+    return table[kind](path, tmp) is not False
+
+
+def test_verify_agrees_with_loading_for_every_corruption_of_every_file(pristine, tmp_path):
+    cases = list(_cases(pristine["dir"]))
+    assert len(cases) > 150
+    disagree, wrong, tried = [], [], 0
+    for k, (rel, kind) in enumerate(cases):
+        work = tmp_path / f"c{k}"
+        rd = work / "run"
+        shutil.copytree(pristine["dir"], rd, symlinks=True)
+        if not _corrupt(rd, rel, kind, work):
+            continue
+        tried += 1
+        ok = verify_run(rd)["ok"]
+        loaded = _load_everything(rd, pristine)
+        full = _load_everything(rd, pristine, verify="full")
+        if loaded not in (True, False) or full not in (True, False):
+            wrong.append((rel, kind, loaded, full))
+        elif not ok == loaded == full:
+            disagree.append((rel, kind, f"verify ok={ok}, load ok={loaded}, full ok={full}"))
+        shutil.rmtree(work)
+    assert wrong == [], "loading returned data that is not the recorded data"
+    assert disagree == []
+    assert tried > 150
+
+
+@pytest.mark.slow
+def test_generate_verify_repairs_every_repairable_corruption(pristine, tmp_path):
+    """generate(verify=True) rebuilds whatever is derivable and says so;
+    spec.json (the definition of the dataset) and symlinks are refused,
+    leaving every file as it was."""
+    from _util import snapshot
+
+    not_repaired = []
+    for k, (rel, kind) in enumerate(_cases(pristine["dir"])):
+        work = tmp_path / f"c{k}"
+        rd = work / "run"
+        shutil.copytree(pristine["dir"], rd, symlinks=True)
+        if not _corrupt(rd, rel, kind, work):
+            continue
+        was_ok = verify_run(rd)["ok"]
+        refused = rel == "spec.json" and not was_ok or kind == "symlink to an identical copy"
+        before = snapshot(work)
+        try:
+            res = generate(PSPEC, rd, n_jobs=1, progress="none", verify=True)
+        except (RunDirError, ValueError):        # not a (usable) run dir: refused
+            if not refused:
+                not_repaired.append((rel, kind, "refused"))
+            elif snapshot(work) != before:
+                not_repaired.append((rel, kind, "refused but changed files"))
+            shutil.rmtree(work)
+            continue
+        if refused:
+            not_repaired.append((rel, kind, "not refused"))
+        elif not verify_run(rd)["ok"] or _load_everything(rd, pristine) is not True:
+            not_repaired.append((rel, kind, "still broken"))
+        elif {k: v for k, v in tree_digest(rd).items()} != pristine["digest"]:
+            not_repaired.append((rel, kind, "bytes differ"))
+        elif not was_ok and not res.repaired and res.shards_generated == 0:
+            not_repaired.append((rel, kind, "repaired silently"))
+        shutil.rmtree(work)
+    assert not_repaired == [], "\n".join(map(str, not_repaired))
+
+
+def test_negative_shard_size_is_not_ok(copy):
+    """'layout.shard_size: -1' gave "OK - -4000 shards" even with a flipped byte."""
+    doc = json.loads((copy / "spec.json").read_text())
+    doc["layout"]["shard_size"] = -1
+    (copy / "spec.json").write_text(json.dumps(doc))
+    _flip(copy / "videos.npy", "middle")
+    proc = run_cli("verify", copy)
+    assert proc.returncode == 1 and "OK" not in proc.stdout
+    assert "The 'layout.shard_size' parameter of spec.json" in proc.stdout
+    assert not verify_run(copy)["ok"]
+
+
+@pytest.mark.parametrize("mode", ["lazy", "full", "none"])
+def test_fortran_order_header_is_refused_in_every_mode(copy, pristine, mode):
+    _npy_header(copy / "videos.npy", lambda h: h.replace("False", "True"))
+    assert not verify_run(copy)["ok"]
+    with pytest.raises(RunDirError, match=r"videos.npy.*header.*fortran_order"):
+        open_dataset(copy, verify=mode)
+    proc = run_cli("generate", copy, "--verify")
+    assert proc.returncode == 0 and "videos.npy: header rewritten" in proc.stdout
+    assert _load_everything(copy, pristine) is True
+
+
+@pytest.mark.parametrize("damage", ["fingerprint", "invalid JSON", "class_counts"])
+def test_damaged_manifest_fails_verify_and_is_rebuilt_by_repair(copy, pristine, damage):
+    path = copy / "manifest.json"
+    if damage == "invalid JSON":
+        path.write_text(path.read_text()[:-5])
+    else:
+        m = json.loads(path.read_text())
+        if damage == "fingerprint":
+            m["fingerprint"] = "0123456789abcdef"
+        else:
+            m["class_counts"]["linear"] += 1
+        path.write_text(json.dumps(m))
+    proc = run_cli("verify", copy)
+    assert proc.returncode == 1 and "manifest.json" in proc.stdout
+    with pytest.raises(RunDirError, match="manifest.json"):
+        _load_everything(copy, pristine) or open_dataset(copy, verify="full")
+    proc = run_cli("verify", copy, "--repair")
+    assert proc.returncode == 0 and "Repaired: manifest.json: rebuilt" in proc.stdout, proc.stdout
+    assert run_cli("verify", copy).returncode == 0
+    assert _load_everything(copy, pristine) is True
+
+
+def test_full_verification_checks_annotations(copy):
+    path = copy / "annotations" / "00001.jsonl"
+    path.write_text(path.read_text().replace('"split": "train"', '"split": "test"', 1))
+    with pytest.raises(RunDirError, match="annotations"):
+        open_dataset(copy, verify="full")
+
+
+def test_malformed_annotations_raise_run_dir_error_even_unverified(copy):
+    path = copy / "annotations" / "00001.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1] + ["{oops\n"] + lines[2:]))
+    ds = open_dataset(copy, verify="none")
+    with pytest.raises(RunDirError, match=r"annotations/00001.jsonl.*line 2"):
+        ds.annotation(9)
+
+
+# ------------------------------------------------------------ bad arguments
+@pytest.mark.parametrize("i,exc", [(1.7, TypeError), ("3", TypeError), (True, TypeError),
+                                   (np.float64(2.0), TypeError), (24, IndexError)])
+def test_sample_index_must_be_an_int(pristine, i, exc):
+    ds = open_dataset(pristine["dir"])
+    for method in (ds.video, ds.label, ds.sample, ds.annotation):
+        with pytest.raises(exc, match=r"The 'i' parameter of TrajectoryData\.\w+ must be an int "
+                                      r"in the range \[-24, 23\]\. Got .* instead"):
+            method(i)
+    assert ds.label(np.int64(3)) == pristine["labels"][3]
+
+
+@pytest.mark.parametrize("arg", [123, None, b"x"])
+def test_run_dir_argument_type(arg):
+    with pytest.raises(TypeError, match=r"The 'run_dir' parameter of open_dataset must be a path "
+                                        r"\(str or os.PathLike\)\. Got .* instead"):
+        open_dataset(arg)
+    with pytest.raises(TypeError, match=r"The 'run_dir' parameter of verify_run must be a path"):
+        verify_run(arg)
+
+
+def test_crafted_npy_header_gives_the_template(copy):
+    _npy_header(copy / "labels.npy", lambda h: h.replace("'descr'", "'evil'"))
+    with pytest.raises(RunDirError, match=r"The 'labels.npy' file of run directory .* must have "
+                                          r"the header .*Got .* instead"):
+        open_dataset(copy)

@@ -1,6 +1,7 @@
 """Generation engine: parallel equivalence, resume after SIGKILL, integrity,
 bad input. The sequential in-memory generator is the oracle."""
 
+import contextlib
 import json
 import os
 import random
@@ -211,13 +212,28 @@ def test_truncated_file_is_caught_and_resume_regenerates(fresh_run, reference):
 
 def test_verify_option_regenerates_corrupted_shards_on_resume(fresh_run, reference):
     rd = fresh_run
-    with open(rd / "labels.npy", "r+b") as fh:
+    with open(rd / "videos.npy", "r+b") as fh:
         fh.seek(-3, os.SEEK_END)
         fh.write(b"\x07")
     res = generate(SMALL, rd, progress="none")        # complete: no-op without verify
     assert res.already_complete
     res = generate(SMALL, rd, progress="none", verify=True)
     assert res.shards_generated == 1
+    assert res.repaired[0].startswith("shard 9: checksum mismatch in videos.npy")
+    assert "manifest.json: rebuilt" in res.repaired
+    assert tree_digest(rd) == reference[2]
+
+
+def test_damaged_labels_are_regenerated_even_without_verify(fresh_run, reference):
+    """labels and splits feed the manifest's counts: they are checked on
+    every resume (9 bytes a sample), not only with verify=True."""
+    rd = fresh_run
+    with open(rd / "labels.npy", "r+b") as fh:
+        fh.seek(-3, os.SEEK_END)
+        fh.write(b"\x07")
+    res = generate(SMALL, rd, progress="none")
+    assert not res.already_complete and res.shards_generated == 1
+    assert res.repaired[0] == "shard 9: checksum mismatch in labels.npy (samples 144..149); regenerated"
     assert tree_digest(rd) == reference[2]
 
 
@@ -297,7 +313,7 @@ def test_foreign_directory_is_not_touched(tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     ({"n_jobs": 0}, "'n_jobs' parameter of generate must be a non-zero int"),
     ({"n_jobs": 1.5}, "'n_jobs' parameter of generate must be an int"),
-    ({"shard_size": 0}, r"'shard_size' parameter of generate must be an int in the range \[1, inf\)"),
+    ({"shard_size": 0}, r"'shard_size' parameter of generate must be an int in the range \[1, 1048576\]"),
     ({"progress": "loud"}, "'progress' parameter of generate must be one of"),
     ({"backend": 3}, "'backend' parameter of generate"),
     ({"scheduler": "tcp://x:1"}, "'scheduler' parameter of generate must be None unless"),
@@ -329,21 +345,17 @@ def test_not_enough_disk_space_fails_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_leftover_spec_tmp_does_not_block_a_new_run(tmp_path, reference):
-    rd = tmp_path / "run"
-    rd.mkdir()
-    (rd / "spec.json.tmp-4242").write_text("{")       # killed during the first write
-    generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none")
-    assert tree_digest(rd) == reference[2]
-    assert not list(rd.glob("*.tmp-*"))
 
 
 def test_repair_then_status_says_incomplete(fresh_run):
     with open(fresh_run / "videos.npy", "r+b") as fh:
         fh.seek(-1, os.SEEK_END)
         fh.write(b"\x01")
-    bad = trajlab.engine.repair(str(fresh_run))
-    assert [s for s, *_ in bad] == [9]
+    rep = trajlab.engine.repair(str(fresh_run))
+    assert [s for s, *_ in rep["bad"]] == [9] and rep["dropped"] == [9]
+    assert rep["rebuilt"] == ["shard 9: record dropped (bytes or record damaged)",
+                              "manifest.json: removed (1 shard(s) to regenerate)"]
+    assert not rep["complete"]
     assert not (fresh_run / "manifest.json").exists()
     st = json.loads(run_cli("status", fresh_run, "--json").stdout)
     assert st["verdict"] == "incomplete"
@@ -406,16 +418,6 @@ def test_failure_is_recorded_in_progress(tmp_path, monkeypatch):
     assert run_cli("status", tmp_path / "run").returncode == 1
 
 
-def test_resume_removes_temporary_files_of_killed_writers(fresh_run, reference):
-    rd = fresh_run
-    os.remove(rd / "manifest.json")
-    os.remove(rd / "shards" / "00003.json")
-    for junk in ("annotations/00003.jsonl.tmp-999", "shards/00003.json.tmp-999"):
-        (rd / junk).write_text("half written")
-    res = generate(SMALL, rd, progress="none")
-    assert res.shards_generated == 1
-    assert not [p for p in rd.rglob("*") if ".tmp-" in p.name]
-    assert tree_digest(rd) == reference[2]
 
 
 def test_fsync_mode_syncs_data_records_and_renames(tmp_path, reference, monkeypatch):
@@ -427,9 +429,9 @@ def test_fsync_mode_syncs_data_records_and_renames(tmp_path, reference, monkeypa
     assert tree_digest(tmp_path / "run") == reference[2]
     names = [os.path.relpath(p, tmp_path / "run") for p in synced]
     assert sum(n == "videos.npy" for n in names) == 10                 # every shard's bytes
-    assert sum(n.startswith("shards/") and ".tmp-" in n for n in names) == 10   # every record
-    assert sum(n == "shards" for n in names) == 10                     # ... and its rename
-    assert any(n.startswith("manifest.json.tmp-") for n in names)
+    assert sum(n.startswith("shards/.") and ".trajlab-tmp." in n for n in names) == 10  # records
+    assert sum(n == "shards" for n in names) == 10                     # ... and their renames
+    assert any(n.startswith(".manifest.json.trajlab-tmp.") for n in names)
 
 
 def test_resume_refused_where_numerics_differ(fresh_run):
@@ -464,3 +466,352 @@ def test_signals_end_the_run_as_interrupted_and_resume(tmp_path, kill_reference,
     assert json.loads(run_cli("status", rd, "--json").stdout)["verdict"] == "interrupted"
     generate(KILL_SPEC, rd, n_jobs=2, progress="none")
     assert tree_digest(rd) == kill_reference
+
+
+# ------------------------------------------- writes never follow symlinks
+def test_resume_never_writes_through_a_symlinked_array(fresh_run, tmp_path):
+    """labels.npy replaced by a link to a file outside the run dir, one record
+    gone: resuming would write shard 3's labels into that file."""
+    rd = fresh_run
+    _, layout = load_layout(rd)
+    fname, shape, dt, hlen, per = layout.arrays()["labels"]
+    a, b = layout.shard_range(3)
+    data = bytearray((rd / fname).read_bytes())
+    data[hlen + a * per:hlen + b * per] = b"\xaa" * ((b - a) * per)
+    outside = tmp_path / "someone-elses.npy"
+    outside.write_bytes(bytes(data))
+    before = outside.read_bytes()
+    os.remove(rd / fname)
+    os.symlink(outside, rd / fname)
+    os.remove(rd / "shards" / "00003.json")
+    os.remove(rd / "manifest.json")
+    with pytest.raises(RunDirError, match=r"symbolic link.*labels\.npy"):
+        generate(SMALL, rd, progress="none")
+    assert outside.read_bytes() == before
+    with pytest.raises(RunDirError, match=r"symbolic link.*labels\.npy"):
+        generate(SMALL, rd, progress="none", verify=True)
+    assert outside.read_bytes() == before
+
+
+@pytest.mark.parametrize("action", ["generate", "repair", "cli verify --repair"])
+def test_symlinked_lock_target_is_never_touched(fresh_run, tmp_path, action):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not touch\n")
+    os.remove(fresh_run / ".lock")
+    os.symlink(precious, fresh_run / ".lock")
+    os.remove(fresh_run / "shards" / "00002.json")     # so that there is work to do
+    if action == "cli verify --repair":
+        proc = run_cli("verify", fresh_run, "--repair")
+        assert proc.returncode == 1 and "symbolic link" in proc.stdout + proc.stderr
+    else:
+        with pytest.raises(RunDirError, match="symbolic link"):
+            if action == "generate":
+                generate(SMALL, fresh_run, progress="none")
+            else:
+                trajlab.engine.repair(str(fresh_run))
+    assert precious.read_text() == "do not touch\n"
+
+
+@pytest.mark.parametrize("folder", ["shards", "annotations"])
+def test_symlinked_folder_is_refused(fresh_run, tmp_path, folder):
+    import shutil
+
+    elsewhere = tmp_path / f"elsewhere-{folder}"
+    shutil.move(fresh_run / folder, elsewhere)
+    os.symlink(elsewhere, fresh_run / folder)
+    os.remove(elsewhere / sorted(os.listdir(elsewhere))[3])
+    os.remove(fresh_run / "manifest.json")
+    before = snapshot(elsewhere)
+    with pytest.raises(RunDirError, match=f"symbolic link.*{folder}"):
+        generate(SMALL, fresh_run, progress="none")
+    assert snapshot(elsewhere) == before
+
+
+def test_hard_linked_array_is_not_written(fresh_run, tmp_path):
+    """A second name of the same inode (e.g. a `cp -al` backup) would be
+    changed too."""
+    backup = tmp_path / "backup-videos.npy"
+    os.link(fresh_run / "videos.npy", backup)
+    os.remove(fresh_run / "shards" / "00001.json")
+    os.remove(fresh_run / "manifest.json")
+    with open(fresh_run / "videos.npy", "r+b") as fh:      # shard 1's bytes lost
+        fh.seek(layout_offset(fresh_run, "videos", 1))
+        fh.write(b"\x00" * 100)
+    before = backup.read_bytes()
+    with pytest.raises(RunDirError, match="hard link"):
+        generate(SMALL, fresh_run, progress="none")
+    assert backup.read_bytes() == before
+
+
+def layout_offset(rd, name, shard):
+    _, layout = load_layout(rd)
+    fname, shape, dt, hlen, per = layout.arrays()[name]
+    return hlen + per * layout.shard_range(shard)[0]
+
+
+# ------------------------------- only trajlab's folders, only trajlab's files
+def test_folder_of_another_program_is_not_taken_as_a_run_dir(tmp_path):
+    d = tmp_path / "other"
+    d.mkdir()
+    for name, text in {"progress.json": '{"state": "theirs"}', "PROGRESS.txt": "theirs",
+                       ".lock": "their lock", "draft.tmp-backup": "draft"}.items():
+        (d / name).write_text(text)
+    before = snapshot(d)
+    with pytest.raises(ValueError, match=r"must be a new or empty directory or a trajlab run "
+                                         r"directory.*no spec.json"):
+        generate(SMALL, d, progress="none")
+    assert snapshot(d) == before
+    proc = run_cli("generate", d, "-n", 10, "--n-frames", 4, "--image-size", 16)
+    assert proc.returncode == 2 and "no spec.json" in proc.stderr
+    assert snapshot(d) == before
+
+
+def test_foreign_spec_json_is_not_taken_as_a_run_dir(tmp_path):
+    d = tmp_path / "other"
+    d.mkdir()
+    (d / "spec.json").write_text('{"model": "resnet50"}')
+    (d / "progress.json").write_text('{"epoch": 3}')
+    before = snapshot(d)
+    with pytest.raises(RunDirError, match="not a trajlab run"):
+        generate(SMALL, d, progress="none")
+    assert snapshot(d) == before
+
+
+def test_start_killed_before_spec_json_can_be_started_again(tmp_path, reference):
+    """A kill in the first instant leaves trajlab's lock and a temporary
+    spec.json of a dead process: still an empty run dir for trajlab."""
+    from trajlab import storage
+
+    rd = tmp_path / "run"
+    rd.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (rd / ".lock").write_text(json.dumps({"program": "trajlab", "pid": dead.pid,
+                                          "host": storage.HOST, "since": "2024-01-01T00:00:00Z"}))
+    leftover = f".spec.json.trajlab-tmp.{storage.HOST}.{dead.pid}.00c0ffee"
+    (rd / leftover).write_text("{")
+    generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none")
+    assert tree_digest(rd) == reference[2]
+    assert not (rd / leftover).exists()
+
+
+def test_resume_removes_only_temporary_files_trajlab_made(fresh_run, reference):
+    from trajlab import storage
+
+    rd = fresh_run
+    os.remove(rd / "manifest.json")
+    os.remove(rd / "shards" / "00003.json")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ours = [f"annotations/.00003.jsonl.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d",
+            f"shards/.00003.json.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d",
+            f".progress.json.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d"]
+    theirs = ["draft.tmp-backup", "annotations/00003.jsonl.tmp-999", "shards/notes.tmp-1",
+              "my-notes.txt"]
+    for junk in ours + theirs:
+        (rd / junk).write_text("half written")
+    res = generate(SMALL, rd, progress="none")
+    assert res.shards_generated == 1
+    for junk in ours:
+        assert not (rd / junk).exists(), junk
+    for junk in theirs:
+        assert (rd / junk).read_text() == "half written", junk
+    assert {k: v for k, v in tree_digest(rd).items() if "tmp" not in k} == reference[2]
+
+
+# ------------------------------------------------------------- bounds
+@pytest.mark.parametrize("field,value,match", [
+    ("n_frames", 10_000_000, r"The 'n_frames' parameter of DatasetSpec must be an int in the "
+                             r"range \[2, 1024\]\. Got 10000000 instead\."),
+    ("n_samples", 10**9, r"The 'n_samples' parameter of DatasetSpec must be an int in the "
+                         r"range \[1, 100000000\]\. Got 1000000000 instead\."),
+])
+def test_counts_have_upper_bounds(tmp_path, field, value, match):
+    spec = SMALL.replace(**{field: value})
+    with pytest.raises(ValueError, match=match):
+        generate(spec, tmp_path / "run", progress="none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_is_checked_before_the_feasibility_probe(tmp_path, monkeypatch):
+    import trajlab.engine as eng
+    import trajlab.generator as gen
+
+    calls = []
+    monkeypatch.setattr(gen, "generate_block", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(eng, "available_memory", lambda: 50 * 2**20)
+    spec = SMALL.replace(n_frames=1024, image_size=256)         # 200 MiB per sample
+    with pytest.raises(MemoryError, match=r"needs about .* GiB of memory .* 0\.05 GiB"):
+        generate(spec, tmp_path / "run", n_jobs=1, progress="none")
+    assert calls == [] and not (tmp_path / "run").exists()
+
+
+def test_disk_is_checked_before_the_feasibility_probe(tmp_path, monkeypatch):
+    import trajlab.generator as gen
+
+    class Tiny:
+        f_bavail, f_frsize = 10, 4096
+
+    calls = []
+    monkeypatch.setattr(gen, "generate_block", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(os, "statvfs", lambda p: Tiny())
+    with pytest.raises(OSError, match="Not enough disk space"):
+        generate(SMALL, tmp_path / "run", progress="none")
+    assert calls == []
+
+
+@pytest.mark.parametrize("value", [True, 1.5, 2**21])
+def test_shard_size_must_be_a_bounded_int(tmp_path, value):
+    exc = TypeError if not isinstance(value, int) or isinstance(value, bool) else ValueError
+    with pytest.raises(exc, match=r"'shard_size' parameter of generate must be an int in the "
+                                  r"range \[1, 1048576\]"):
+        generate(SMALL, tmp_path / "run", shard_size=value, progress="none")
+
+
+@pytest.mark.parametrize("edit", [0, -1, True, 1.5])
+def test_damaged_shard_size_in_spec_json_is_refused_everywhere(fresh_run, edit):
+    doc = json.load(open(fresh_run / "spec.json"))
+    doc["layout"]["shard_size"] = edit
+    write_json_atomic(fresh_run / "spec.json", doc)
+    before = snapshot(fresh_run)
+    for cmd in (["info"], ["verify"], ["verify", "--repair"], ["generate"]):
+        proc = run_cli(*cmd, fresh_run)
+        assert proc.returncode == 1, (cmd, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert "The 'layout.shard_size' parameter of spec.json" in proc.stdout + proc.stderr
+    with pytest.raises(RunDirError, match="'layout.shard_size' parameter of spec.json"):
+        open_dataset(fresh_run)
+    assert snapshot(fresh_run) == before
+
+
+# --------------------------------------------------- leftovers and verdicts
+def test_finished_read_only_run_is_a_noop(fresh_run, tmp_path):
+    """generate on a finished run needs no write access (the README says it
+    is a no-op)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(fresh_run), str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs a read-only bind mount (root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        before = snapshot(ro)
+        res = generate(SMALL, ro, progress="none")
+        assert res.already_complete
+        proc = run_cli("generate", ro)
+        assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
+        assert snapshot(ro) == before
+        # work to do on a read-only run dir: a clear refusal
+        with pytest.raises(PermissionError, match="writable directory"):
+            generate(SMALL, ro, progress="none", verify=True)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs a small tmpfs (root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_full_ends_as_failed_and_leaves_no_temporary_files(tiny_disk):
+    """Sparse preallocation passes the space check on tmpfs only because it
+    is skipped here; the shards then fill the disk."""
+    rd = tiny_disk / "run"
+    code = ("import trajlab, trajlab.engine as e\n"
+            "e._check_disk_space = lambda *a: None\n"
+            f"trajlab.generate(trajlab.DatasetSpec(n_samples=400, n_frames=8, image_size=32), "
+            f"{str(rd)!r}, n_jobs=1, shard_size=16, progress='none')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "No space left on device" in proc.stderr
+    st = json.loads(run_cli("status", rd, "--json").stdout)
+    assert st["verdict"] == "failed", st
+    assert "No space left on device" in st["reason"]
+    leftovers = [p for p in rd.rglob("*") if "tmp" in p.name]
+    assert leftovers == []
+
+
+# ----------------------------------------------------- small validation gaps
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"fsync": "yes"}, TypeError, r"The 'fsync' parameter of generate must be a bool\. Got 'yes'"),
+    ({"verify": 1}, TypeError, r"The 'verify' parameter of generate must be a bool\. Got 1"),
+    ({"heartbeat": 0}, ValueError, r"The 'heartbeat' parameter of generate must be a finite "
+                                   r"float in the range \[0.1, 3600\]\. Got 0"),
+    ({"heartbeat": -1}, ValueError, r"'heartbeat' parameter of generate .* Got -1"),
+    ({"heartbeat": float("nan")}, ValueError, r"'heartbeat' parameter of generate .* Got nan"),
+    ({"text_interval": "x"}, TypeError, r"The 'text_interval' parameter of generate must be a "
+                                        r"finite float in the range \[0, 86400\]\. Got 'x'"),
+])
+def test_flags_and_intervals_are_checked(tmp_path, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        generate(SMALL, tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_object_colour_equal_to_background_is_refused(tmp_path):
+    spec = SMALL.replace(object_color=(10, 20, 30), background_color=(10, 20, 30))
+    with pytest.raises(ValueError, match=r"The 'object_color' parameter of DatasetSpec must be "
+                                         r".*different from background_color.*Got \(10, 20, 30\)"):
+        generate(spec, tmp_path / "run", progress="none")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------- orphan workers
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _descendants(pid):
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_workers_exit_within_seconds_of_a_killed_parent(tmp_path):
+    rd = tmp_path / "run"
+    workers = []
+    proc = _spawn(rd, KILL_SPEC.n_samples, 50)
+    try:
+        _wait_for(lambda: len(_records(rd)) >= 3 or proc.poll() is not None)
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)       # the parent only, not its group
+        proc.wait()
+        t0 = time.time()
+        while any(_alive(p) for p in workers) and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert [p for p in workers if _alive(p)] == [], "workers outlived their parent"
+    finally:
+        for p in [proc.pid] + workers:      # whatever is left (before the fix: the workers)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)

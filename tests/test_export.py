@@ -251,3 +251,75 @@ def test_incomplete_run_dir_raises(run_copy, tmp_path):
     os.remove(os.path.join(run_copy, "manifest.json"))
     with pytest.raises(RuntimeError, match="incomplete"):
         export(run_copy, tmp_path / "x.npz")
+
+
+# ------------------------------------------------------- killed exports
+_SLOW_EXPORT = """
+import sys, time
+import trajlab.export as ex
+ex.CHUNK_BYTES = 8 * 3 * 16 * 16 * 4          # one video per chunk
+real = ex._to_float
+def slow(v):
+    time.sleep(0.2)
+    return real(v)
+ex._to_float = slow
+from trajlab.cli import main
+sys.exit(main(["export", sys.argv[1], sys.argv[2]]))
+"""
+
+
+def _start_slow_export(run, out):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, run["dir"], str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_file(d, timeout=60):
+    import time
+
+    t0 = time.time()
+    while not os.listdir(d):
+        assert time.time() - t0 < timeout, "export never started writing"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_terminated_export_removes_its_temporary_file(run, tmp_path, sig):
+    import signal
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _start_slow_export(run, out_dir / "x.npz")
+    try:
+        _wait_for_file(out_dir)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode not in (0, None)
+    assert "interrupted" in err and "Traceback" not in err
+    assert os.listdir(out_dir) == []
+
+
+def test_leftover_of_a_killed_export_is_removed_by_the_next_one(run, tmp_path):
+    import signal
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "x.npz.tmp-backup").write_text("not ours")     # another program's file
+    proc = _start_slow_export(run, out_dir / "x.npz")
+    try:
+        t0 = len(os.listdir(out_dir))
+        import time
+        while len(os.listdir(out_dir)) == t0:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    left = sorted(set(os.listdir(out_dir)) - {"x.npz.tmp-backup"})
+    assert len(left) == 1                   # SIGKILL cannot be caught ...
+    export(run["dir"], out_dir / "x.npz")   # ... the next export of that file cleans up
+    assert sorted(os.listdir(out_dir)) == ["x.npz", "x.npz.tmp-backup"]

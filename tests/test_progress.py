@@ -118,3 +118,73 @@ def test_checkpoint_fields(tmp_path):
     p.close()
     assert snap["checkpoints"] == 1 and snap["mean_checkpoint_seconds"] > 0
     assert abs(snap["last_checkpoint_unix"] - time.time()) < 5
+
+
+def test_status_stale_after_three_missed_heartbeats(tmp_path):
+    """progress.json is refreshed at least every heartbeat (15 s): a file
+    older than three heartbeats means a stopped or dead writer."""
+    _fake(tmp_path, updated_unix=time.time() - 50)
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "stalled" and "no update for 50s (> 45s)" in st["reason"]
+    _fake(tmp_path, updated_unix=time.time() - 40)
+    assert read_status(str(tmp_path))["verdict"] == "running"
+    _fake(tmp_path, updated_unix=time.time() - 5, heartbeat_seconds=1.0)
+    assert read_status(str(tmp_path))["verdict"] == "stalled"
+
+
+def test_sigstopped_writer_is_reported_stalled_then_running_again(tmp_path):
+    import signal
+
+    code = ("import time; from trajlab.progress import Progress\n"
+            f"p = Progress({str(tmp_path)!r}, total=10, mode='none', heartbeat=0.5).start()\n"
+            "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        t0 = time.time()
+        while not (tmp_path / "progress.json").exists() and time.time() - t0 < 30:
+            time.sleep(0.05)
+        assert read_status(str(tmp_path))["verdict"] == "running"
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)
+        st = read_status(str(tmp_path))
+        assert st["verdict"] == "stalled" and "no update for" in st["reason"]
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(1.5)
+        assert read_status(str(tmp_path))["verdict"] == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_final_state_is_recorded_when_the_disk_is_full(tmp_path, monkeypatch):
+    """No room for a new file: the final state is written over the old file
+    in place (it fits in the blocks it already has), and no temporary file
+    is left behind."""
+    import errno
+
+    from trajlab import storage
+
+    p = Progress(str(tmp_path), total=10, mode="none").start()
+    real = storage._write_all
+
+    def full(fd, data):
+        if ".trajlab-tmp." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(storage, "_write_all", full)
+    p.close("failed", message="OSError: [Errno 28] No space left on device")
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == "failed" and "No space left" in st["reason"]
+    assert "State:       failed" in (tmp_path / "PROGRESS.txt").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["PROGRESS.txt", "progress.json"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"heartbeat": 0}, r"'heartbeat' parameter of Progress must be a finite float in the range "
+                       r"\[0.1, 3600\]\. Got 0 instead"),
+    ({"text_interval": "x"}, r"'text_interval' parameter of Progress must be a finite float"),
+])
+def test_progress_intervals_are_checked(tmp_path, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Progress(str(tmp_path), total=10, mode="none", **kwargs)

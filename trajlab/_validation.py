@@ -14,11 +14,42 @@ import numbers
 __all__ = [
     "check_int",
     "check_float",
+    "check_bool",
     "check_choice",
     "check_range_pair",
     "check_rgb",
+    "check_index",
+    "check_path",
+    "check_spec_bounds",
     "fail",
+    "fail_file",
+    "MAX_N_SAMPLES",
+    "MAX_N_FRAMES",
+    "MAX_IMAGE_SIZE",
+    "MAX_SHARD_SIZE",
+    "MAX_N_SHARDS",
+    "MAX_N_JOBS",
+    "MAX_JSON_BYTES",
 ]
+
+# Upper bounds of every count (documented in docs/FORMAT.md, "Bounds").
+# They keep a typo (an extra digit, a stray exponent) from starting hours of
+# work or a MemoryError; memory and disk are checked separately before any
+# work starts.
+#: Samples in one dataset (the design target is 20K-300K).
+MAX_N_SAMPLES = 100_000_000
+#: Frames per clip (clips are 8-16 frames).
+MAX_N_FRAMES = 1024
+#: Height and width of the frames, pixels.
+MAX_IMAGE_SIZE = 1024
+#: Samples per shard ('auto' stays within [16, 4096]).
+MAX_SHARD_SIZE = 2**20
+#: Shards (completion records) in one run dir.
+MAX_N_SHARDS = 1_000_000
+#: Parallel workers (either sign).
+MAX_N_JOBS = 1024
+#: Largest JSON file trajlab reads (spec.json, manifest, records, progress).
+MAX_JSON_BYTES = 2**20
 
 
 def _fmt(value):
@@ -31,6 +62,12 @@ def fail(name, owner, expected, value, exc=ValueError):
         f"The {name!r} parameter of {owner} must be {expected}. "
         f"Got {_fmt(value)} instead."
     )
+
+
+def fail_file(fname, run_dir, expected, got, exc):
+    """Raise ``exc`` with the template, for a file of a run directory."""
+    raise exc(f"The {fname!r} file of run directory {run_dir!r} must be {expected}. "
+              f"Got {got} instead.")
 
 
 def _interval(low, high, closed_low=True, closed_high=True):
@@ -116,3 +153,60 @@ def check_rgb(value, name, owner, allow_random=False):
             fail(name, owner, expected, value)
         out.append(int(v))
     return tuple(out)
+
+
+def check_bool(value, name, owner):
+    """Return ``value`` if it is a bool (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        fail(name, owner, "a bool", value, TypeError)
+    return value
+
+
+def check_index(i, n, name, owner):
+    """Return sample index ``i`` in [0, n) (negative counts from the end).
+
+    Only integers (``int``, numpy integers) are indices: a float, a bool or
+    a string raises TypeError instead of being truncated.
+    """
+    import operator
+
+    expected = f"an int in the range [{-n}, {n - 1}]"
+    if isinstance(i, bool) or isinstance(i, (str, bytes)):
+        fail(name, owner, expected, i, TypeError)
+    try:
+        k = operator.index(i)
+    except TypeError:
+        fail(name, owner, expected, i, TypeError)
+    if not -n <= k < n:
+        fail(name, owner, expected, i, IndexError)
+    return k % n
+
+
+def check_path(value, name, owner):
+    """Return ``value`` as str if it is a path (str or os.PathLike of str)."""
+    import os
+
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        fail(name, owner, "a path (str or os.PathLike)", value, TypeError)
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        fail(name, owner, "a path (str or os.PathLike)", value, TypeError)
+    return path
+
+
+def check_spec_bounds(spec):
+    """Checks of a DatasetSpec that DatasetSpec itself does not make yet.
+
+    Raises with DatasetSpec as the owner, so the messages stay the same when
+    these checks move into ``DatasetSpec.__post_init__``.
+    """
+    own = "DatasetSpec"
+    check_int(spec.n_samples, "n_samples", own, 1, MAX_N_SAMPLES)
+    check_int(spec.n_frames, "n_frames", own, 2, MAX_N_FRAMES)
+    check_int(spec.image_size, "image_size", own, 16, MAX_IMAGE_SIZE)
+    if spec.object_color != "random" and tuple(spec.object_color) == tuple(spec.background_color):
+        fail("object_color", own,
+             "an (r, g, b) triple of ints in the range [0, 255] or 'random', different from "
+             f"background_color {tuple(spec.background_color)} (an object of the background's "
+             "colour is invisible)", tuple(spec.object_color))
+    return spec

@@ -15,17 +15,43 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+_SPEC_ARGS = ("spec", "n_samples", "n_frames", "image_size", "style", "seed", "classes",
+              "splits", "object_color", "object_radius", "pixel_noise", "position_jitter")
+
+
+def _read_spec_file(path):
+    """The object in a user's --spec file: a regular JSON file of at most
+    1 MiB (``/dev/zero`` or a FIFO must not be read forever)."""
+    from ._validation import MAX_JSON_BYTES
+    from .storage import RunDirError, _TooLarge, parse_json, read_bytes
+
+    expected = f"a JSON file of DatasetSpec fields (a regular file of at most " \
+               f"{MAX_JSON_BYTES // 2**20} MiB)"
+    try:
+        raw = read_bytes(path, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
+                         "instead, which does not exist.") from None
+    except _TooLarge as exc:
+        raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
+                         f"instead ({exc.size} bytes).") from None
+    except (OSError, RunDirError) as exc:
+        what = "not a regular file" if "not a regular file" in str(exc) else str(exc)
+        raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
+                         f"instead ({what}).") from None
+    base, reason = parse_json(raw)
+    if reason:
+        raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
+                         f"instead ({reason}).")
+    return base
+
+
 def _spec_from_args(args):
     from .spec import DatasetSpec
 
     base = {}
-    if args.spec:
-        with open(args.spec, encoding="utf-8") as fh:
-            try:
-                base = json.load(fh)
-            except ValueError as exc:
-                raise ValueError(f"The 'spec' parameter of generate must be a JSON file of "
-                                 f"DatasetSpec fields. Got {args.spec!r} instead ({exc}).") from None
+    if args.spec is not None:
+        base = _read_spec_file(args.spec)
         if isinstance(base, dict) and isinstance(base.get("spec"), dict):
             base = base["spec"]   # accept a run dir's spec.json too
         if not isinstance(base, dict):
@@ -40,16 +66,18 @@ def _spec_from_args(args):
     for key, value in fields.items():
         if value is not None:
             base[key] = value
-    if args.classes:
+    if args.classes is not None:
         base["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if args.splits:
+    if args.splits is not None:
         base["splits"] = _numbers(args.splits, float, "splits",
                                   "three comma-separated fractions train,val,test")
-    if args.object_color:
+    if args.object_color is not None:
         base["object_color"] = (args.object_color if args.object_color == "random"
                                 else _numbers(args.object_color, int, "object_color",
                                               "'random' or three comma-separated ints r,g,b"))
-    return DatasetSpec.from_dict(base)
+    from ._validation import check_spec_bounds
+
+    return check_spec_bounds(DatasetSpec.from_dict(base))
 
 
 def _numbers(text, kind, name, expected):
@@ -84,7 +112,12 @@ def _add_generate(sub):
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "text", "none"])
     p.add_argument("--fsync", action="store_true", help="fsync each shard (power-loss safe)")
     p.add_argument("--verify", action="store_true",
-                   help="re-check checksums of recorded shards before resuming")
+                   help="re-check every recorded shard before resuming; rebuild whatever is "
+                        "derivable (headers, records, shards, manifest) and say what")
+    p.add_argument("--new", action="store_true",
+                   help="start a new dataset with the default spec (without spec arguments, "
+                        "RUN_DIR must already hold a spec.json: a plain resume never starts "
+                        "a dataset)")
 
 
 def _interrupt_on(*signals):
@@ -107,19 +140,29 @@ def _cmd_generate(args):
 
     _interrupt_on(signal.SIGTERM, signal.SIGHUP)
 
-    spec_given = any(getattr(args, k) is not None for k in (
-        "spec", "n_samples", "n_frames", "image_size", "style", "seed", "classes", "splits",
-        "object_color", "object_radius", "pixel_noise", "position_jitter"))
-    if not spec_given and os.path.isfile(os.path.join(args.run_dir, "spec.json")):
-        args.spec = os.path.join(args.run_dir, "spec.json")   # plain resume
-    spec = _spec_from_args(args)
+    spec_given = any(getattr(args, k) is not None for k in _SPEC_ARGS)
+    if not spec_given and os.path.lexists(os.path.join(args.run_dir, "spec.json")):
+        from .storage import load_layout
+
+        spec = load_layout(args.run_dir)[1].spec          # plain resume
+    elif not spec_given and not args.new:
+        raise ValueError(
+            f"{args.run_dir!r} has no spec.json, so there is no dataset to resume (a typo in "
+            "the path, or a run killed before it wrote spec.json?). To start a new dataset, "
+            "give its spec arguments (e.g. `-n 30000 --n-frames 16 --image-size 64`, or "
+            "--spec FILE), or --new for the default spec.")
+    else:
+        spec = _spec_from_args(args)
     shard = args.shard_size
     if shard != "auto":
         try:
             shard = int(shard)
         except ValueError:
+            from ._validation import MAX_SHARD_SIZE
+
             raise ValueError(f"The 'shard_size' parameter of generate must be an int in the "
-                             f"range [1, inf) or 'auto'. Got {shard!r} instead.") from None
+                             f"range [1, {MAX_SHARD_SIZE}] or 'auto'. Got {shard!r} instead."
+                             ) from None
     res = generate(spec, args.run_dir, n_jobs=args.n_jobs, shard_size=shard,
                    progress=args.progress, fsync=args.fsync, verify=args.verify,
                    backend=args.backend or ("dask" if args.scheduler else None),
@@ -153,35 +196,67 @@ def _cmd_verify(args):
 
     rep = verify_run(args.run_dir)
     if rep["ok"]:
-        print(f"{args.run_dir}: OK - {rep['n_shards']} shards, all checksums match.")
+        print(f"{args.run_dir}: OK - {rep['n_shards']} shards, spec, manifest, headers, "
+              "records, checksums and annotations all match.")
         return 0
-    if not rep["complete"]:
+    bad = rep["bad"]
+    if not rep["complete"] and rep["layout"] is not None:
         print(f"{args.run_dir}: INCOMPLETE - no manifest (generation unfinished).")
-    if rep["bad"]:
-        first = rep["bad"][0]
-        print(f"{args.run_dir}: {len(rep['bad'])} bad shard(s) of {rep['n_shards']}; "
+    general = [b for b in bad if b[0] is None]
+    shards = [b for b in bad if b[0] is not None]
+    for _, what, reason in general:
+        print(f"{args.run_dir}: BAD - {reason}")
+    if shards:
+        first = shards[0]
+        print(f"{args.run_dir}: {len({b[0] for b in shards})} bad shard(s) of {rep['n_shards']}; "
               f"first bad shard {first[0]}: {first[2]}")
-        for shard, what, reason in rep["bad"][1:20]:
+        for shard, what, reason in shards[1:20]:
             print(f"  shard {shard}: {reason}")
+    if not args.repair or rep["layout"] is None:
         if args.repair:
-            from .engine import repair
+            print("Nothing can be repaired without a valid spec.json.")
+        return 1
+    from .engine import repair
 
-            repair(args.run_dir)
-            print(f"Dropped their records; run `trajlab generate {args.run_dir}` to "
-                  "regenerate them.")
-    return 1
+    fixed = repair(args.run_dir)
+    for line in fixed["rebuilt"][:50]:
+        print(f"Repaired: {line}")
+    if fixed["dropped"]:
+        print(f"{len(fixed['dropped'])} shard(s) must be regenerated: run "
+              f"`trajlab generate {args.run_dir}`.")
+        return 1
+    after = verify_run(args.run_dir)
+    print(f"{args.run_dir}: {'OK' if after['ok'] else 'STILL BAD'} after repair.")
+    return 0 if after["ok"] else 1
+
+
+def _manifest_problem(run_dir, layout, manifest, problem):
+    """Why the manifest cannot be trusted (None if it can)."""
+    from .storage import build_manifest, compare_manifest, read_record
+
+    if problem or manifest is None:
+        return problem
+    records = {s: read_record(run_dir, layout, s) for s in range(layout.n_shards)}
+    if any(r is None for r in records.values()):
+        return "some shard records are missing or damaged"
+    try:
+        return compare_manifest(manifest, build_manifest(run_dir, layout, records), run_dir)
+    except RuntimeError as exc:
+        return str(exc)
 
 
 def _cmd_info(args):
     from .generator import SPLITS
-    from .storage import MANIFEST_FILE, load_layout, read_json
+    from .storage import check_managed_entries, load_layout, read_manifest
 
     doc, layout = load_layout(args.run_dir)
-    mpath = os.path.join(args.run_dir, MANIFEST_FILE)
-    manifest = read_json(mpath) if os.path.isfile(mpath) else None
+    check_managed_entries(args.run_dir, layout)
+    manifest, problem = read_manifest(args.run_dir, layout)
+    problem = _manifest_problem(args.run_dir, layout, manifest, problem)
     if args.json:
-        print(json.dumps({"spec": doc, "manifest": manifest}, indent=2, sort_keys=True))
-        return 0
+        print(json.dumps({"spec": doc, "manifest": None if problem else manifest,
+                          "manifest_problem": problem}, indent=2, sort_keys=True))
+        return 1 if problem else 0
     s = layout.spec
     print(f"Run dir:      {args.run_dir}")
     print(f"Fingerprint:  {s.fingerprint} (trajlab {doc['trajlab_version']}, "
@@ -190,7 +265,9 @@ def _cmd_info(args):
           f"{s.image_size} uint8, style {s.style!r}, seed {s.seed}")
     print(f"Classes:      {', '.join(s.classes)}")
     print(f"Shards:       {layout.n_shards} of {layout.shard_size} samples")
-    if manifest is None:
+    if problem:
+        print(f"Status:       DAMAGED - {problem} Run `trajlab verify --repair {args.run_dir}`.")
+    elif manifest is None:
         print("Status:       INCOMPLETE (no manifest)")
     else:
         print("Status:       complete, finished " + manifest["finished_at"])
@@ -203,12 +280,15 @@ def _cmd_info(args):
         print("Rejections:   " + ", ".join(f"{k}={rj[k]}" for k in s.classes))
     print("Spec:")
     print("  " + s.to_json(indent=2).replace("\n", "\n  "))
-    return 0
+    return 1 if problem else 0
 
 
 def _cmd_export(args):
+    import signal
+
     from .export import export
 
+    _interrupt_on(signal.SIGTERM, signal.SIGHUP)   # so that the temporary file is removed
     path = export(args.run_dir, args.output, format=args.format, split=args.split)
     print(f"Wrote {path}")
     return 0
@@ -256,7 +336,7 @@ def main(argv=None):
     except (ValueError, TypeError, PermissionError) as exc:
         print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (RuntimeError, OSError) as exc:     # RunDirError, missing files, disk full
+    except (RuntimeError, OSError, MemoryError) as exc:   # RunDirError, files, disk, memory
         print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,19 +12,25 @@ datasets); ``verify='full'`` checks everything up front and
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from . import _validation as v
 from .generator import SPLITS
-from .storage import MANIFEST_FILE, RunDirError, load_layout, read_json, read_record
-from .storage import sha256_bytes
+from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
+                      check_managed_entries, check_shard_data, compare_manifest, load_layout,
+                      open_array, parse_annotations, read_annotations_bytes, read_manifest,
+                      read_record, sha256_bytes)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
 VERIFY_MODES = ("lazy", "full", "none")
+
+
+def _fix_hint(run_dir):
+    return (f" Run `trajlab verify --repair {run_dir}` (and `trajlab generate {run_dir}` if it "
+            "says shards must be regenerated).")
 
 
 class TrajectoryData:
@@ -42,46 +48,39 @@ class TrajectoryData:
         Ground truth; see :class:`trajlab.generator.Block`.
     class_names : tuple of str
 
-    Raw memmap attributes are not checksum-verified; :meth:`sample`,
-    :meth:`verify` and the torch datasets are.
+    Opening checks spec.json, the manifest against the spec, and every
+    array file's exact header and size, whatever ``verify`` is. Raw memmap
+    attributes are not checksum-verified; :meth:`sample`, :meth:`video`,
+    :meth:`label`, :meth:`annotation`, :meth:`verify` and the torch datasets
+    are: the first of them to run also checks every completion record and
+    the manifest against the records and the data.
     """
 
     def __init__(self, run_dir, verify="lazy"):
-        run_dir = os.fspath(run_dir)
+        run_dir = v.check_path(run_dir, "run_dir", "open_dataset")
         v.check_choice(verify, "verify", "open_dataset", VERIFY_MODES)
         if not os.path.isdir(run_dir):
             raise RunDirError(f"No dataset at {run_dir!r}: the directory does not exist.")
         self.doc, self.layout = load_layout(run_dir)
+        check_managed_entries(run_dir, self.layout)
         self.run_dir = run_dir
         self.spec = self.layout.spec
-        mpath = os.path.join(run_dir, MANIFEST_FILE)
-        if not os.path.isfile(mpath):
+        manifest, problem = read_manifest(run_dir, self.layout)
+        if manifest is None:
             done = sum(read_record(run_dir, self.layout, s) is not None
                        for s in range(self.layout.n_shards))
             raise RunDirError(
                 f"Dataset {run_dir!r} is incomplete ({done} of {self.layout.n_shards} shards "
                 f"done, no {MANIFEST_FILE}). Resume it with `trajlab generate {run_dir}` "
                 "(same spec) before loading.")
-        self.manifest = read_json(mpath)
-        if self.manifest.get("fingerprint") != self.spec.fingerprint:
-            raise RunDirError(f"{mpath!r} belongs to another dataset "
-                              f"({self.manifest.get('fingerprint')} != {self.spec.fingerprint}).")
-        self._arrays = {}
-        for name, (fname, shape, dt, hlen, per) in self.layout.arrays().items():
-            path = os.path.join(run_dir, fname)
-            size = os.path.getsize(path) if os.path.exists(path) else -1
-            if size != hlen + per * shape[0]:
-                raise RunDirError(
-                    f"{path!r} has {size} bytes, expected {hlen + per * shape[0]}: the dataset "
-                    "is truncated or damaged. Run `trajlab verify` and resume with "
-                    "`trajlab generate` to regenerate it.")
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.shape != tuple(shape) or arr.dtype != dt:
-                raise RunDirError(f"{path!r} holds {arr.dtype}{arr.shape}, expected {dt}{shape}.")
-            self._arrays[name] = arr
+        if problem:
+            raise RunDirError(problem + _fix_hint(run_dir))
+        self.manifest = manifest
+        self._arrays = {name: open_array(run_dir, self.layout, name)
+                        for name in self.layout.arrays()}
         self.verify_mode = verify
         self._verified = set()
-        self._records = {}
+        self._records = None
         self._ann_cache = None
         if verify == "full":
             self.verify()
@@ -118,32 +117,53 @@ class TrajectoryData:
         return np.flatnonzero(np.asarray(self._arrays["splits"]) == SPLITS.index(split))
 
     # ------------------------------------------------------ verification
-    def _record(self, shard):
-        rec = self._records.get(shard)
-        if rec is None:
-            rec = read_record(self.run_dir, self.layout, shard)
+    def _check_records(self):
+        """Once per object: every completion record is valid and the manifest
+        is what the records and the data give (same rule as verify_run)."""
+        if self._records is not None:
+            return self._records
+        records = {}
+        for s in range(self.layout.n_shards):
+            rec = read_record(self.run_dir, self.layout, s)
             if rec is None:
-                raise RunDirError(f"Shard {shard} of {self.run_dir!r} has no valid record.")
-            self._records[shard] = rec
-        return rec
+                raise RunDirError(f"Shard {s} of {self.run_dir!r} has no valid completion "
+                                  "record: the dataset is damaged." + _fix_hint(self.run_dir))
+            records[s] = rec
+        try:
+            expected = build_manifest(self.run_dir, self.layout, records,
+                                      self._arrays["labels"], self._arrays["splits"])
+        except RunDirError as exc:
+            raise RunDirError(f"{self.run_dir!r} is damaged: {exc}." + _fix_hint(self.run_dir)
+                              ) from None
+        problem = compare_manifest(self.manifest, expected, self.run_dir)
+        if problem:
+            raise RunDirError(problem + _fix_hint(self.run_dir))
+        self._records = records
+        return records
+
+    def _record(self, shard):
+        return self._check_records()[shard]
 
     def verify_shard(self, shard):
-        """Check one shard's checksums (cached); raise RunDirError if bad."""
+        """Check one shard's checksums, arrays and annotations (cached);
+        raise RunDirError if bad."""
         if shard in self._verified:
             return
         rec = self._record(shard)
         start, stop = self.layout.shard_range(shard)
         for name, arr in self._arrays.items():
             got = sha256_bytes(np.ascontiguousarray(arr[start:stop]).data)
-            if got != rec["sha256"].get(name):
+            if got != rec["sha256"][name]:
                 raise RunDirError(
                     f"Checksum mismatch in {name}.npy, shard {shard} (samples {start}..{stop - 1}) "
                     f"of {self.run_dir!r}: the data is corrupted. Run `trajlab verify --repair` "
                     "then `trajlab generate` on it to regenerate the bad shards.")
+        self._shard_annotations(shard, check=True)
         self._verified.add(shard)
 
     def verify(self):
-        """Verify every shard's checksums (reads the whole dataset)."""
+        """Verify every shard's checksums and annotations (reads the whole
+        dataset)."""
         for shard in range(self.layout.n_shards):
             self.verify_shard(shard)
         return True
@@ -151,23 +171,20 @@ class TrajectoryData:
     # ----------------------------------------------------------- samples
     def sample(self, i):
         """Sample ``i`` as a dict of arrays (copies), verified per shard."""
-        i = self._checked_index(i)
+        i = self._checked_index(i, "sample")
         out = {name: np.array(arr[i]) for name, arr in self._arrays.items()}
         out["index"] = i
         out["class_name"] = self.spec.classes[int(out["labels"])]
         out["split"] = SPLITS[int(out["splits"])]
         return out
 
-    def _index(self, i):
-        """Normalise index ``i`` (negative counts from the end)."""
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"sample index {i} out of range for {len(self)} samples")
-        return i % len(self)
+    def _index(self, i, method):
+        """Normalise index ``i`` (an int; negative counts from the end)."""
+        return v.check_index(i, len(self), "i", f"TrajectoryData.{method}")
 
-    def _checked_index(self, i):
+    def _checked_index(self, i, method):
         """Normalise index ``i`` and verify its shard (unless verify='none')."""
-        i = self._index(i)
+        i = self._index(i, method)
         if self.verify_mode != "none":
             self.verify_shard(i // self.layout.shard_size)
         return i
@@ -177,19 +194,19 @@ class TrajectoryData:
 
         Faster than :meth:`sample` when only the frames are needed.
         """
-        i = self._checked_index(i)
+        i = self._checked_index(i, "video")
         return np.array(self._arrays["videos"][i])
 
     def label(self, i):
         """Label of sample ``i`` (int), verified per shard."""
-        i = self._checked_index(i)
+        i = self._checked_index(i, "label")
         return int(self._arrays["labels"][i])
 
     def annotation(self, i):
         """Text ground truth of sample ``i``: class, split, params, equation,
         description (checked against the shard's checksum unless
         ``verify='none'``)."""
-        i = self._index(i)
+        i = self._index(i, "annotation")
         shard = i // self.layout.shard_size
         return self._shard_annotations(shard)[i - shard * self.layout.shard_size]
 
@@ -198,22 +215,17 @@ class TrajectoryData:
         for shard in range(self.layout.n_shards):
             yield from self._shard_annotations(shard)
 
-    def _shard_annotations(self, shard):
+    def _shard_annotations(self, shard, check=False):
         if self._ann_cache is not None and self._ann_cache[0] == shard:
             return self._ann_cache[1]
-        path = self.layout.annotations_path(self.run_dir, shard)
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except OSError as exc:
-            raise RunDirError(f"Annotations of shard {shard} are missing ({exc}). Run `trajlab "
-                              "verify --repair` then `trajlab generate` on the run dir.") from None
-        if self.verify_mode != "none" and sha256_bytes(raw) != self._record(shard)["sha256"].get(
-                "annotations"):
+        raw = read_annotations_bytes(self.run_dir, self.layout, shard)
+        if (check or self.verify_mode != "none") and \
+                sha256_bytes(raw) != self._record(shard)["sha256"]["annotations"]:
+            path = self.layout.annotations_path(self.run_dir, shard)
             raise RunDirError(
                 f"Checksum mismatch in {path!r} (shard {shard}): the annotations are corrupted. "
                 "Run `trajlab verify --repair` then `trajlab generate` on the run dir.")
-        recs = tuple(json.loads(line) for line in raw.decode("utf-8").splitlines())
+        recs = parse_annotations(raw, self.layout, shard, self.run_dir)
         self._ann_cache = (shard, recs)
         return recs
 
@@ -234,8 +246,11 @@ def open_dataset(run_dir, *, verify="lazy"):
     ----------
     run_dir : str or os.PathLike
     verify : {'lazy', 'full', 'none'}, default='lazy'
-        When shard checksums are checked: on first access to a shard
-        (``'lazy'``), all at once now (``'full'``), or never.
+        When checksums (arrays and annotations), completion records and the
+        manifest's counts are checked: on first access to a shard
+        (``'lazy'``), all at once now (``'full'``), or never. spec.json, the
+        manifest against the spec and every array file's header and size
+        are checked at open in every mode.
 
     Returns
     -------
@@ -251,18 +266,62 @@ def open_dataset(run_dir, *, verify="lazy"):
 
 
 def verify_run(run_dir):
-    """Recompute every checksum of a run dir.
+    """Check everything a load would: succeeds exactly when
+    :func:`open_dataset` and reading every sample and annotation would
+    succeed and return the recorded bytes.
+
+    Checks spec.json, symbolic links, every array file's header and size,
+    the manifest (against the spec, the records and the data), every
+    completion record, every checksum of every shard and the annotations.
 
     Returns
     -------
     report : dict
         ``ok`` (bool), ``n_shards``, ``bad`` (list of ``(shard, what,
-        reason)``, in shard order), ``complete`` (manifest present).
+        reason)``; ``shard`` is None for run-level problems), ``complete``
+        (manifest present), ``layout`` (None if spec.json is unusable).
     """
-    from .engine import find_bad_shards
-
-    _, layout = load_layout(run_dir)
-    bad = find_bad_shards(run_dir, layout)
-    complete = os.path.isfile(os.path.join(run_dir, MANIFEST_FILE))
-    return {"ok": not bad and complete, "n_shards": layout.n_shards, "bad": bad,
-            "complete": complete, "layout": layout}
+    run_dir = v.check_path(run_dir, "run_dir", "verify_run")
+    bad = []
+    rep = {"ok": False, "n_shards": 0, "bad": bad, "complete": False, "layout": None}
+    if not os.path.isdir(run_dir):
+        bad.append((None, "run_dir", f"No dataset at {run_dir!r}: the directory does not exist."))
+        return rep
+    try:
+        _, layout = load_layout(run_dir)
+        check_managed_entries(run_dir, layout)
+    except RunDirError as exc:
+        bad.append((None, "spec.json" if "spec.json" in str(exc) else "run_dir", str(exc)))
+        return rep
+    rep.update(n_shards=layout.n_shards, layout=layout)
+    broken = set()
+    for name in layout.arrays():
+        problem = check_array_file(run_dir, layout, name)
+        if problem is not None:
+            bad.append((None, name, problem[1]))
+            broken.add(name)
+    manifest, problem = read_manifest(run_dir, layout)
+    rep["complete"] = manifest is not None
+    if problem:
+        bad.append((None, "manifest", problem))
+    records, n_run_level = {}, len(bad)
+    for s in range(layout.n_shards):
+        rec = read_record(run_dir, layout, s)
+        if rec is None:
+            bad.append((s, "record", "missing or unreadable completion record"))
+            continue
+        records[s] = rec
+        found = check_shard_data(run_dir, layout, s, rec, skip=broken)
+        if found is not None:
+            bad.append((s, *found))
+    if manifest is not None and len(bad) == n_run_level and not broken and not problem:
+        try:
+            expected = build_manifest(run_dir, layout, records)
+            problem = compare_manifest(manifest, expected, run_dir)
+        except RunDirError as exc:
+            problem = f"{MANIFEST_FILE} cannot be checked: {exc}"
+        if problem:
+            bad.append((None, "manifest", problem))
+    bad.sort(key=lambda b: (-1 if b[0] is None else b[0]))
+    rep["ok"] = not bad and rep["complete"]
+    return rep

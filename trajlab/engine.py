@@ -14,8 +14,8 @@ flight, whatever ``n_samples`` is.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,22 +23,29 @@ import numpy as np
 
 from . import _validation as v
 from .generator import SPLITS
-from .progress import MODES, Progress
+from .progress import MODES, Progress, check_intervals
 from .spec import DatasetSpec
-from .storage import (ANNOTATIONS_DIR, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE, RunDirError,
-                      RunLayout, RunLock, load_layout, read_json, read_record,
-                      shard_slice_bytes, sha256_bytes, utcnow, write_json_atomic, write_shard)
+from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE,
+                      RunDirError, RunLayout, RunLock, _open_for_writing, _pwrite_all,
+                      available_memory, build_manifest, check_array_file,
+                      check_managed_entries, check_shard_data, compare_manifest,
+                      is_trajlab_lock, load_layout, make_dirs, read_manifest, read_record,
+                      remove_stale_temps, temp_owner, utcnow, write_json_atomic, write_shard)
 
 __all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards"]
 
 #: Target bytes of video per shard when ``shard_size='auto'``.
 SHARD_TARGET_BYTES = 32 * 2**20
-_OWN_FILES = {".lock", "progress.json", "PROGRESS.txt"}
+#: Seconds between two checks of a worker that its parent is alive.
+PARENT_POLL_SECONDS = 0.5
 
 
-def _is_own(name):
-    # temporary files of an atomic write cut short by a kill also count
-    return name in _OWN_FILES or ".tmp-" in name
+def _is_own_leftover(run_dir, name):
+    """What a start killed before spec.json existed can leave: trajlab's
+    lock (with its record) and trajlab's temporary files."""
+    if name == LOCK_FILE:
+        return is_trajlab_lock(os.path.join(run_dir, name))
+    return temp_owner(name) is not None
 
 
 def auto_shard_size(spec):
@@ -64,6 +71,9 @@ class GenerationResult:
     already_complete : bool
         The run dir held a complete dataset; nothing was done.
     manifest : dict
+    repaired : list of str
+        What was rebuilt or dropped on the way (damaged headers, sizes,
+        records, shards, the manifest), one line each.
     """
 
     run_dir: str
@@ -76,6 +86,7 @@ class GenerationResult:
     rate: float | None
     already_complete: bool
     manifest: dict = field(default_factory=dict)
+    repaired: list = field(default_factory=list)
 
     def summary(self):
         m = self.manifest
@@ -90,6 +101,8 @@ class GenerationResult:
         else:
             rate = f"{self.rate:,.0f} samples/s" if self.rate else "-"
             lines.append(f"Time:         {self.seconds:.1f} s ({rate})")
+        for k, line in enumerate(self.repaired):
+            lines.append(("Repaired:     " if k == 0 else "              ") + line)
         if m:
             names = m["class_names"]
             lines.append("Classes:      " + ", ".join(f"{k}={m['class_counts'][k]:,}" for k in names))
@@ -103,104 +116,156 @@ class GenerationResult:
         return "GenerationResult(\n  " + self.summary().replace("\n", "\n  ") + "\n)"
 
 
-def _check_args(spec, run_dir, n_jobs, shard_size, progress):
+def _check_args(spec, run_dir, n_jobs, shard_size, progress, fsync, verify, heartbeat,
+                text_interval):
     own = "generate"
     if not isinstance(spec, DatasetSpec):
         v.fail("spec", own, "a trajlab.DatasetSpec", spec, TypeError)
-    if not isinstance(run_dir, (str, os.PathLike)):
-        v.fail("run_dir", own, "a path (str or os.PathLike)", run_dir, TypeError)
-    run_dir = os.path.abspath(os.fspath(run_dir))
+    v.check_spec_bounds(spec)
+    run_dir = os.path.abspath(v.check_path(run_dir, "run_dir", own))
     parent = os.path.dirname(run_dir)
     if not os.path.isdir(parent):
         v.fail("run_dir", own, "a path whose parent directory exists", run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         v.fail("run_dir", own, "a directory path (not an existing file)", run_dir)
-    target = run_dir if os.path.isdir(run_dir) else parent
-    if not os.access(target, os.W_OK | os.X_OK):
-        v.fail("run_dir", own, "a path in a writable directory", run_dir, PermissionError)
     if n_jobs is not None:
-        n_jobs = v.check_int(n_jobs, "n_jobs", own, -1024, 1024)
+        n_jobs = v.check_int(n_jobs, "n_jobs", own, -v.MAX_N_JOBS, v.MAX_N_JOBS)
         if n_jobs == 0:
             v.fail("n_jobs", own, "a non-zero int (negative counts from the number of CPUs)", 0)
     if shard_size != "auto":
-        shard_size = v.check_int(shard_size, "shard_size", own, 1)
+        if isinstance(shard_size, str):
+            v.fail("shard_size", own, f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'",
+                   shard_size)
+        shard_size = v.check_int(shard_size, "shard_size", own, 1, v.MAX_SHARD_SIZE)
     v.check_choice(progress, "progress", own, MODES)
+    v.check_bool(fsync, "fsync", own)
+    v.check_bool(verify, "verify", own)
+    check_intervals(heartbeat, text_interval, own)
     return run_dir, n_jobs, shard_size
+
+
+def _check_writable(run_dir):
+    target = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
+    if not os.access(target, os.W_OK | os.X_OK):
+        v.fail("run_dir", "generate", "a path in a writable directory", run_dir, PermissionError)
 
 
 def find_bad_shards(run_dir, layout, shards=None):
     """Shards whose stored bytes do not match their record.
 
     Returns a list of ``(shard, what, reason)``; ``what`` names the array
-    (or ``'record'``/``'annotations'``).
+    (or ``'record'``/``'annotations'``). Arrays whose file is damaged as a
+    whole (header, size) are left to :func:`trajlab.verify_run`.
     """
+    broken = {name for name in layout.arrays()
+              if check_array_file(run_dir, layout, name) is not None}
     bad = []
-    sizes = {name: os.path.getsize(os.path.join(run_dir, f)) if os.path.exists(
-        os.path.join(run_dir, f)) else -1 for name, (f, *_r) in layout.arrays().items()}
     for shard in (range(layout.n_shards) if shards is None else shards):
         rec = read_record(run_dir, layout, shard)
         if rec is None:
             bad.append((shard, "record", "missing or unreadable completion record"))
             continue
-        start, stop = layout.shard_range(shard)
-        for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
-            if sizes[name] < hlen + per * stop:
-                bad.append((shard, name, f"{fname} is truncated ({sizes[name]} bytes, "
-                                         f"needs {hlen + per * stop})"))
-                break
-            if sha256_bytes(shard_slice_bytes(run_dir, layout, name, shard)) != rec["sha256"].get(name):
-                bad.append((shard, name, f"checksum mismatch in {fname} "
-                                         f"(samples {start}..{stop - 1})"))
-                break
-        else:
-            try:
-                with open(layout.annotations_path(run_dir, shard), "rb") as fh:
-                    ok = sha256_bytes(fh.read()) == rec["sha256"].get("annotations")
-            except OSError:
-                ok = False
-            if not ok:
-                bad.append((shard, "annotations", "annotations file missing or changed"))
+        found = check_shard_data(run_dir, layout, shard, rec, skip=broken)
+        if found is not None:
+            bad.append((shard, *found))
     return bad
 
 
 def _repair_files(run_dir, layout):
-    """Make every array file exist with its full size. Returns the shards
-    whose records must be dropped (their bytes were lost)."""
-    from numpy.lib.format import open_memmap
+    """Make every array file exist with its exact header and full size, and
+    remove the temporary files of dead writers.
 
-    lost = set()
+    Returns ``(lost, rebuilt)``: the shards whose bytes were lost (their
+    records must go) and one line per file that was rebuilt.
+    """
+    lost, rebuilt = set(), []
+    check_managed_entries(run_dir, layout)
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
-        path = os.path.join(run_dir, fname)
-        full = hlen + per * shape[0]
-        size = os.path.getsize(path) if os.path.exists(path) else -1
-        if size == full:
+        problem = check_array_file(run_dir, layout, name)
+        if problem is None:
             continue
-        if size < hlen:
-            open_memmap(path, mode="w+", dtype=dt, shape=shape)
-            valid = 0
+        path = os.path.join(run_dir, fname)
+        full = layout.expected_size(name)
+        if not os.path.lexists(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+            size = 0
+            rebuilt.append(f"{fname}: created (it was missing)")
         else:
-            valid = (size - hlen) // per
-            os.truncate(path, full)
+            fd = _open_for_writing(path, os.O_RDWR)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                rebuilt.append(f"{fname}: rebuilt (it was empty)")
+        try:
+            if os.pread(fd, hlen, 0) != layout.header(name):
+                _pwrite_all(fd, layout.header(name), 0)
+                if size:
+                    rebuilt.append(f"{fname}: header rewritten")
+            if size != full:
+                os.ftruncate(fd, full)
+                if size:
+                    rebuilt.append(f"{fname}: {'extended' if size < full else 'cut'} to its "
+                                   f"full size ({size} -> {full} bytes)")
+        finally:
+            os.close(fd)
+        valid = max(0, (min(size, full) - hlen) // per) if size >= hlen else 0
         lost.update(s for s in range(layout.n_shards) if layout.shard_range(s)[1] > valid)
-    for d in (SHARDS_DIR, ANNOTATIONS_DIR):
-        os.makedirs(os.path.join(run_dir, d), exist_ok=True)
+    make_dirs(run_dir)
     # temporary files of writers killed between write and os.replace
     for d in (".", SHARDS_DIR, ANNOTATIONS_DIR):
-        for name in os.listdir(os.path.join(run_dir, d)):
-            if ".tmp-" in name:
-                os.remove(os.path.join(run_dir, d, name))
-    return lost
+        remove_stale_temps(os.path.join(run_dir, d))
+    return lost, rebuilt
+
+
+def _label_split_mismatches(run_dir, layout, shards):
+    """``(shard, reason)`` for shards whose labels, splits or attempts do not
+    match its record (13 bytes a sample, read for the manifest anyway:
+    checked on every resume)."""
+    from .storage import open_array, record_data_problem, sha256_bytes
+
+    out = []
+    arrays = {name: open_array(run_dir, layout, name)
+              for name in ("labels", "splits", "attempts")}
+    for s in shards:
+        rec = read_record(run_dir, layout, s)
+        a, b = layout.shard_range(s)
+        for name, arr in arrays.items():
+            if sha256_bytes(np.ascontiguousarray(arr[a:b]).data) != rec["sha256"][name]:
+                out.append((s, f"checksum mismatch in {name}.npy (samples {a}..{b - 1})"))
+                break
+        else:
+            problem = record_data_problem(rec, layout, arrays["labels"][a:b],
+                                          arrays["attempts"][a:b])
+            if problem:
+                out.append((s, f"completion record damaged: {problem}"))
+    return out
+
+
+def _manifest_ok(run_dir, layout):
+    """The manifest exists, passes its checks and matches the records and
+    the data (what verify_run requires of it)."""
+    manifest, problem = read_manifest(run_dir, layout)
+    if manifest is None or problem:
+        return False
+    records = {}
+    for s in range(layout.n_shards):
+        records[s] = read_record(run_dir, layout, s)
+        if records[s] is None:
+            return False
+    try:
+        expected = build_manifest(run_dir, layout, records)
+    except RunDirError:
+        return False
+    return compare_manifest(manifest, expected, run_dir) is None
 
 
 def _is_complete(run_dir, layout):
-    """Manifest present, every file full size, every record readable."""
-    if not os.path.isfile(os.path.join(run_dir, MANIFEST_FILE)):
+    """Every array file exact, every record valid, the manifest right."""
+    if any(check_array_file(run_dir, layout, name) is not None for name in layout.arrays()):
         return False
-    for name, (fname, *_r) in layout.arrays().items():
-        path = os.path.join(run_dir, fname)
-        if not os.path.exists(path) or os.path.getsize(path) != layout.expected_size(name):
-            return False
-    return all(read_record(run_dir, layout, s) is not None for s in range(layout.n_shards))
+    if not all(os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
+        return False
+    return _manifest_ok(run_dir, layout)
 
 
 def _drop_records(run_dir, layout, shards):
@@ -211,50 +276,26 @@ def _drop_records(run_dir, layout, shards):
 
 def _finalize(run_dir, layout, doc, fsync=False):
     """Write manifest.json from the records and the stored labels/splits."""
-    spec = layout.spec
-    digest = hashlib.sha256()
-    rejections = {c: 0 for c in spec.classes}
+    records = {}
     for s in range(layout.n_shards):
-        rec = read_record(run_dir, layout, s)
-        if rec is None:
+        records[s] = read_record(run_dir, layout, s)
+        if records[s] is None:
             raise RunDirError(f"shard {s} has no completion record; cannot finalize")
-        for name in sorted(rec["sha256"]):
-            digest.update(f"{s}:{name}:{rec['sha256'][name]}\n".encode())
-        for c, k in rec["rejections"].items():
-            rejections[c] += k
-    labels = np.load(os.path.join(run_dir, "labels.npy"), mmap_mode="r", allow_pickle=False)
-    splits = np.load(os.path.join(run_dir, "splits.npy"), mmap_mode="r", allow_pickle=False)
-    C = spec.n_classes
-    joint = np.bincount(np.asarray(splits, dtype=np.int64) * C + np.asarray(labels),
-                        minlength=3 * C).reshape(3, C)
-    counts = joint.sum(axis=0)
-    manifest = {
-        "complete": True,
-        "format_version": doc["format_version"],
-        "fingerprint": spec.fingerprint,
-        "n_samples": spec.n_samples,
-        "n_shards": layout.n_shards,
-        "shard_size": layout.shard_size,
-        "class_names": list(spec.classes),
-        "class_counts": {c: int(counts[k]) for k, c in enumerate(spec.classes)},
-        "split_counts": {s: {c: int(joint[j, k]) for k, c in enumerate(spec.classes)}
-                         for j, s in enumerate(SPLITS)},
-        "rejections": rejections,
-        "rejection_rate": {c: round(rejections[c] / max(1, rejections[c] + int(counts[k])), 4)
-                           for k, c in enumerate(spec.classes)},
-        "digest": digest.hexdigest(),
-        "files": {name: {"file": f, "bytes": layout.expected_size(name)}
-                  for name, (f, *_r) in layout.arrays().items()},
-        "finished_at": utcnow(),
-    }
+    manifest = build_manifest(run_dir, layout, records)
+    manifest["finished_at"] = utcnow()
     write_json_atomic(os.path.join(run_dir, MANIFEST_FILE), manifest, fsync=fsync)
     return manifest
 
 
 def _prepare(spec, run_dir, shard_size):
-    """Check (read-only) what is in ``run_dir``. Returns (doc, layout, new)."""
-    if os.path.isfile(os.path.join(run_dir, SPEC_FILE)):
+    """Check (read-only) what is in ``run_dir``. Returns (doc, layout, new).
+
+    Only a folder with trajlab's spec.json is a run dir; a new one must be
+    empty but for what a start killed before spec.json existed leaves.
+    """
+    if os.path.lexists(os.path.join(run_dir, SPEC_FILE)):
         doc, layout = load_layout(run_dir)
+        check_managed_entries(run_dir, layout)
         if layout.spec != spec:
             keys = layout.spec.diff(spec)
             raise ValueError(
@@ -265,17 +306,64 @@ def _prepare(spec, run_dir, shard_size):
             raise ValueError(
                 f"Run directory {run_dir!r} was created with shard_size={layout.shard_size}; "
                 f"got shard_size={shard_size}. Omit it to resume.")
-        _check_probe(run_dir, doc, layout.spec)
         return doc, layout, False
     if os.path.isdir(run_dir):
-        foreign = sorted(n for n in os.listdir(run_dir) if not _is_own(n))
+        foreign = sorted(n for n in os.listdir(run_dir) if not _is_own_leftover(run_dir, n))
         if foreign:
             raise ValueError(
                 f"The 'run_dir' parameter of generate must be a new or empty directory or a "
                 f"trajlab run directory. Got {run_dir!r} instead, which holds "
                 f"{foreign[:5]} and no {SPEC_FILE}.")
+        check_managed_entries(run_dir)
     size = auto_shard_size(spec) if shard_size == "auto" else shard_size
-    return None, RunLayout(spec, size), True
+    layout = RunLayout(spec, size)
+    v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
+                v.MAX_N_SHARDS)
+    return None, layout, True
+
+
+def _watch_parent(parent_pid):
+    """In a worker process: exit within :data:`PARENT_POLL_SECONDS` once the
+    process that started the generation dies (a killed parent must not
+    leave workers behind). Only in direct children of ``parent_pid`` (loky,
+    multiprocessing); a no-op in the parent itself and on dask workers."""
+    global _WATCHED
+    if _WATCHED == parent_pid or os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return
+    _WATCHED = parent_pid
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(70)      # the parent is gone: nobody will record this shard
+
+    threading.Thread(target=watch, name="trajlab-parent-watch", daemon=True).start()
+
+
+_WATCHED = None
+
+
+def _shard_task(run_dir, layout, shard, fsync, parent_pid):
+    _watch_parent(parent_pid)
+    return write_shard(run_dir, layout, shard, fsync)
+
+
+@contextlib.contextmanager
+def _watched_loky():
+    """Give the default loky workers the parent watch from their start (an
+    idle worker never runs a task, so only an initializer reaches it)."""
+    import joblib
+    from joblib.parallel import get_active_backend
+
+    active, _ = get_active_backend()
+    kwargs = dict(getattr(active, "backend_kwargs", {}) or {})
+    if type(active).__name__ != "LokyBackend" or "initializer" in kwargs:
+        yield
+        return
+    kwargs.update(initializer=_watch_parent, initargs=(os.getpid(),))
+    inner = getattr(active, "inner_max_num_threads", None)
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=inner, **kwargs):
+        yield
 
 
 @contextlib.contextmanager
@@ -283,14 +371,15 @@ def _backend(backend, scheduler, n_jobs, run_dir=None):
     import joblib
 
     if backend is None:
-        yield
+        with _watched_loky():
+            yield
     elif backend == "dask":
         from .cluster import dask_backend
 
         with dask_backend(scheduler, n_jobs=n_jobs, run_dir=run_dir):
             yield
     else:
-        with joblib.parallel_config(backend=backend):
+        with joblib.parallel_config(backend=backend), _watched_loky():
             yield
 
 
@@ -304,21 +393,27 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
     run_dir : str or os.PathLike
         Created if missing (its parent must exist). If it holds a run of the
         same spec, only missing shards are generated; a finished run is a
-        no-op. A different spec is an error naming the differing keys.
+        no-op (it needs no write access). A different spec is an error
+        naming the differing keys. Only a folder with trajlab's spec.json,
+        or an empty one, is used; trajlab's files in it must not be symbolic
+        links.
     n_jobs : int, default=-1
-        Parallel workers (joblib semantics: -1 = all CPUs). ``None`` leaves
-        it to ``joblib.parallel_config``.
+        Parallel workers (joblib semantics: -1 = all CPUs), at most 1024
+        either way. ``None`` leaves it to ``joblib.parallel_config``.
     shard_size : int or 'auto', default='auto'
-        Samples per shard (fixed when the run dir is created; 'auto' aims at
-        32 MiB of video per shard). Does not change any generated byte.
+        Samples per shard, in [1, 1048576] (fixed when the run dir is
+        created; 'auto' aims at 32 MiB of video per shard). Does not change
+        any generated byte.
     progress : {'auto', 'bar', 'widget', 'text', 'none'}
         Console/notebook view; the progress files are always written.
     fsync : bool, default=False
         Also force each shard to stable storage before recording it (safe
         against power loss, not only process death; slower).
     verify : bool, default=False
-        Re-check the checksums of already recorded shards before resuming;
-        bad shards are regenerated.
+        Re-check every recorded shard (checksums, annotations) before
+        resuming: bad shards are regenerated, and whatever else is derivable
+        (array headers and sizes, records, the manifest) is rebuilt; the
+        result's ``repaired`` says what.
     backend : str, optional
         joblib backend name; None uses the active ``joblib.parallel_config``
         (``loky`` by default). ``'dask'`` connects to ``scheduler``.
@@ -326,15 +421,22 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         dask.distributed scheduler address (``tcp://host:8786``); with
         ``backend='dask'`` and no address, a local cluster is started.
     heartbeat : float, default=15.0
-        Maximum seconds between two writes of progress.json.
+        Maximum seconds between two writes of progress.json, in [0.1, 3600].
     text_interval : float, default=30.0
-        Seconds between plain-text progress lines.
+        Seconds between plain-text progress lines, in [0, 86400].
 
     Returns
     -------
     GenerationResult
+
+    Notes
+    -----
+    Before anything is written or computed: every argument is checked,
+    then the disk space (new run dirs) and the memory the shards need, then
+    a few samples are generated to check that the spec can be generated.
     """
-    run_dir, n_jobs, shard_size = _check_args(spec, run_dir, n_jobs, shard_size, progress)
+    run_dir, n_jobs, shard_size = _check_args(spec, run_dir, n_jobs, shard_size, progress,
+                                              fsync, verify, heartbeat, text_interval)
     _check_backend(backend, scheduler)
     doc, layout, new = _prepare(spec, run_dir, shard_size)
     t0 = time.perf_counter()
@@ -342,10 +444,15 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         # read-only fast path: a finished run is left untouched (not even the lock)
         return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards, 0,
                                 layout.n_shards, time.perf_counter() - t0, None, True,
-                                read_json(os.path.join(run_dir, MANIFEST_FILE)))
+                                read_manifest(run_dir, layout)[0])
+    _check_writable(run_dir)
+    if new:
+        _check_disk_space(run_dir, layout)
+    _check_memory(layout, n_jobs, backend, scheduler)
     if new:
         _check_feasible(spec)
-        _check_disk_space(run_dir, layout)
+    else:
+        _check_probe(run_dir, doc, layout.spec)
     if backend == "dask":
         from .cluster import check_scheduler
 
@@ -358,25 +465,39 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         if new:
             from . import __version__
 
+            remove_stale_temps(run_dir)
             doc = layout.spec_document(__version__)
             write_json_atomic(os.path.join(run_dir, SPEC_FILE), doc, fsync=fsync)
             layout.preallocate(run_dir)
         manifest_path = os.path.join(run_dir, MANIFEST_FILE)
-        lost = _repair_files(run_dir, layout)
-        done = {s for s in range(layout.n_shards)
-                if s not in lost and read_record(run_dir, layout, s) is not None}
+        lost, repaired = _repair_files(run_dir, layout)
+        done = set()
+        for s in range(layout.n_shards):
+            if s in lost:
+                continue
+            if read_record(run_dir, layout, s) is not None:
+                done.add(s)
+            elif os.path.lexists(layout.shard_record_path(run_dir, s)):
+                lost.add(s)
+                repaired.append(f"shard {s}: damaged completion record dropped; regenerated")
+        # labels and splits are read for the manifest anyway: cheap to check always
+        for s, reason in _label_split_mismatches(run_dir, layout, sorted(done)):
+            lost.add(s)
+            done.discard(s)
+            repaired.append(f"shard {s}: {reason}; regenerated")
         if verify and done:
-            bad = {s for s, *_r in find_bad_shards(run_dir, layout, sorted(done))}
-            lost |= bad
-            done -= bad
+            for s, what, reason in find_bad_shards(run_dir, layout, sorted(done)):
+                lost.add(s)
+                done.discard(s)
+                repaired.append(f"shard {s}: {reason}; regenerated")
         if lost:
             _drop_records(run_dir, layout, lost)
         missing = [s for s in range(layout.n_shards) if s not in done]
-        if not missing and os.path.isfile(manifest_path) and not lost:
-            manifest = read_json(manifest_path)
+        had_manifest = os.path.lexists(manifest_path) or not missing
+        if not missing and had_manifest and _manifest_ok(run_dir, layout):
             return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards,
-                                    0, layout.n_shards, time.perf_counter() - t0, None, True,
-                                    manifest)
+                                    0, layout.n_shards, time.perf_counter() - t0, None,
+                                    not repaired, read_manifest(run_dir, layout)[0], repaired)
         with contextlib.suppress(FileNotFoundError):
             os.remove(manifest_path)
         n_done = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in done)
@@ -400,6 +521,8 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
             else:
                 prog.close("failed", message=f"{type(exc).__name__}: {exc}"[:500])
             raise
+        if had_manifest:
+            repaired.append("manifest.json: rebuilt")
         seconds = time.perf_counter() - t_gen
         generated = spec.n_samples - n_done
         prog.close("finished", message="dataset complete")
@@ -407,7 +530,7 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
                             len(missing), layout.n_shards - len(missing),
                             time.perf_counter() - t0,
                             generated / seconds if seconds > 0 and generated else None,
-                            False, manifest)
+                            False, manifest, repaired)
 
 
 def _check_probe(run_dir, doc, spec):
@@ -440,10 +563,10 @@ def _check_backend(backend, scheduler):
 def _check_feasible(spec):
     """Generate the first few samples in memory: a spec under which nothing
     fits in the frame fails here, before anything is written."""
-    from .generator import generate_block
+    from . import generator
 
     try:
-        generate_block(spec, 0, min(spec.n_samples, 4 * spec.n_classes))
+        generator.generate_block(spec, 0, min(spec.n_samples, 4 * spec.n_classes))
     except RuntimeError as exc:
         raise ValueError(f"The spec cannot be generated: {exc}") from None
 
@@ -460,28 +583,96 @@ def _check_disk_space(run_dir, layout):
             "or fewer/smaller samples.")
 
 
+def _workers(n_jobs, backend, scheduler):
+    """Worker processes on this machine that each hold a shard."""
+    import joblib
+
+    if backend == "dask" and scheduler is not None:
+        return 0          # the shards are held by the cluster's workers
+    if backend in ("sequential", "threading"):
+        return 1 if backend == "sequential" else joblib.cpu_count()
+    cpus = joblib.cpu_count()
+    if n_jobs is None:
+        return cpus
+    return max(1, cpus + 1 + n_jobs) if n_jobs < 0 else n_jobs
+
+
+def _check_memory(layout, n_jobs, backend, scheduler):
+    """Refuse a spec whose shards would not fit in memory (before the probe,
+    which itself generates a few samples in this process)."""
+    spec = layout.spec
+    arrays = layout.arrays()
+    video = arrays["videos"][4]
+    other = sum(per for name, (_f, _s, _d, _h, per) in arrays.items() if name != "videos")
+    # frames + render and noise temporaries, ground truth and its copies, text
+    per_sample = 3 * video + 2 * other + 4096
+    probe = min(spec.n_samples, max(8, 4 * spec.n_classes)) * per_sample
+    shard = min(layout.shard_size, spec.n_samples) * per_sample
+    workers = _workers(n_jobs, backend, scheduler)
+    need = max(probe, shard) + max(0, workers - 1) * shard
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise MemoryError(
+            f"The spec needs about {need / 2**30:.2f} GiB of memory ({max(1, workers)} "
+            f"worker(s), each generating shards of {layout.shard_size} samples of "
+            f"{per_sample / 2**20:.1f} MiB), but only {avail / 2**30:.2f} GiB is available. Use "
+            "fewer frames or smaller images, a smaller shard_size, or fewer n_jobs.")
+
+
 def repair(run_dir):
-    """Drop the records of shards whose bytes do not match (and the
-    manifest), under the run dir's lock, so that :func:`generate`
-    regenerates them. Returns the list of bad ``(shard, what, reason)``."""
+    """Repair a run dir in place, under its lock, as far as it is derivable.
+
+    Rebuilds array headers and sizes, drops damaged or missing records and
+    the records of shards whose bytes do not match (so that
+    :func:`generate` regenerates them), removes the temporary files of dead
+    writers, and rebuilds the manifest when every shard is good (removes it
+    otherwise). spec.json is never changed: a damaged one is refused.
+
+    Returns
+    -------
+    report : dict
+        ``bad`` (what was found, as ``(shard, what, reason)``), ``rebuilt``
+        (one line per thing rebuilt or dropped), ``dropped`` (shards to
+        regenerate) and ``complete`` (the dataset is complete now).
+    """
+    from .dataset import verify_run
+
+    run_dir = v.check_path(run_dir, "run_dir", "repair")
     _, layout = load_layout(run_dir)
+    check_managed_entries(run_dir, layout)
     with RunLock(run_dir):
-        bad = find_bad_shards(run_dir, layout)
-        if bad:
-            _drop_records(run_dir, layout, sorted({s for s, *_r in bad}))
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(run_dir, MANIFEST_FILE))
-    return bad
+        bad = verify_run(run_dir)["bad"]
+        lost, rebuilt = _repair_files(run_dir, layout)
+        for s in range(layout.n_shards):
+            if s not in lost and read_record(run_dir, layout, s) is None:
+                lost.add(s)
+        good = [s for s in range(layout.n_shards) if s not in lost]
+        lost.update(s for s, *_r in find_bad_shards(run_dir, layout, good))
+        for s in sorted(lost):
+            if os.path.lexists(layout.shard_record_path(run_dir, s)):
+                rebuilt.append(f"shard {s}: record dropped (bytes or record damaged)")
+        _drop_records(run_dir, layout, lost)
+        manifest_path = os.path.join(run_dir, MANIFEST_FILE)
+        if not lost:
+            if not _manifest_ok(run_dir, layout):
+                _finalize(run_dir, layout, None)
+                rebuilt.append("manifest.json: rebuilt")
+        elif os.path.lexists(manifest_path):
+            os.remove(manifest_path)
+            rebuilt.append(f"manifest.json: removed ({len(lost)} shard(s) to regenerate)")
+    return {"bad": bad, "rebuilt": rebuilt, "dropped": sorted(lost), "complete": not lost}
 
 
 def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog):
     from joblib import Parallel, delayed
 
+    parent = os.getpid()
     with _backend(backend, scheduler, n_jobs, run_dir):
         # one shard per task: at most ~3 * n_jobs shards are in flight, which
         # bounds both memory and the work redone after a kill
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
                             pre_dispatch="2*n_jobs")
-        for rec in parallel(delayed(write_shard)(run_dir, layout, s, fsync) for s in shards):
+        tasks = (delayed(_shard_task)(run_dir, layout, s, fsync, parent) for s in shards)
+        for rec in parallel(tasks):
             write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec, fsync=fsync)
             prog.update(rec["stop"] - rec["start"])

@@ -29,7 +29,7 @@ import numpy as np
 from . import _validation as v
 from .dataset import open_dataset
 from .generator import SPLITS
-from .storage import RunDirError
+from .storage import RunDirError, available_memory, remove_stale_temps, temp_path
 
 __all__ = ["export", "ExportMemoryError", "FORMATS"]
 
@@ -67,21 +67,6 @@ def _resolve_format(output, format):
     return format
 
 
-def available_memory():
-    """Bytes of memory available to a new allocation (best effort), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def export(run_dir, output, format=None, split=None, *, force=False, compress=False):
     """Write a run directory (or one split) as one ``.npz`` or ``.pt`` file.
 
@@ -91,7 +76,11 @@ def export(run_dir, output, format=None, split=None, *, force=False, compress=Fa
         A complete run directory written by :func:`trajlab.generate`.
     output : str or os.PathLike
         File to write (replaced atomically if it exists); its directory must
-        exist.
+        exist. It is written under a temporary name
+        (``.<name>.trajlab-tmp.<host>.<pid>.<random>``) that is removed if
+        the export fails or is interrupted (``trajlab export`` also on
+        SIGTERM/SIGHUP), and by the next export of the same file if the
+        process was killed.
     format : {'npz', 'pt'}, optional
         Default: from the extension of ``output`` (``.npz``, ``.pt``/``.pth``).
     split : {'train', 'val', 'test'}, optional
@@ -149,12 +138,16 @@ def export(run_dir, output, format=None, split=None, *, force=False, compress=Fa
                 "GiB is available. Export to .npz instead (streamed, bounded memory), "
                 "export one split at a time, or pass force=True.")
     small = _small_arrays(data, idx)
-    tmp = f"{output}.tmp-{os.getpid()}"
+    # leftovers of earlier exports of this file whose process was killed
+    remove_stale_temps(parent, target=os.path.basename(output))
+    tmp = temp_path(os.path.abspath(output))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        if fmt == "npz":
-            _write_npz(tmp, data, idx, video_shape, small, compress)
-        else:
-            _write_pt(tmp, data, idx, video_shape, small)
+        with os.fdopen(fd, "wb") as fh:
+            if fmt == "npz":
+                _write_npz(fh, data, idx, video_shape, small, compress)
+            else:
+                _write_pt(fh, data, idx, video_shape, small)
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -217,11 +210,11 @@ def _member(name, compression):
     return info
 
 
-def _write_npz(path, data, idx, video_shape, small, compress):
+def _write_npz(fh, data, idx, video_shape, small, compress):
     from numpy.lib import format as npf
 
     mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", compression=mode, allowZip64=True) as zf:
+    with zipfile.ZipFile(fh, "w", compression=mode, allowZip64=True) as zf:
         with zf.open(_member("videos", mode), "w", force_zip64=True) as fh:
             npf.write_array_header_1_0(fh, {"descr": npf.dtype_to_descr(np.dtype(np.float32)),
                                             "fortran_order": False, "shape": video_shape})
@@ -236,7 +229,7 @@ def _write_npz(path, data, idx, video_shape, small, compress):
                 npf.write_array(fh, arr, allow_pickle=False)
 
 
-def _write_pt(path, data, idx, video_shape, small):
+def _write_pt(fh, data, idx, video_shape, small):
     from .torchdata import _save_export
 
     videos = np.empty(video_shape, dtype=np.float32)
@@ -247,4 +240,4 @@ def _write_pt(path, data, idx, video_shape, small):
     obj = {"videos": videos}
     for name, arr in small.items():
         obj[name] = arr.tolist() if arr.dtype.kind == "U" else arr
-    _save_export(obj, path)
+    _save_export(obj, fh)        # torch.save takes an open binary file too

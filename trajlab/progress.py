@@ -27,15 +27,32 @@ import sys
 import threading
 import time
 
-from .storage import utcnow, write_json_atomic, write_text_atomic
+from . import _validation as v
+from .storage import (RunDirError, overwrite_in_place, read_json_file, utcnow,
+                      write_bytes_atomic)
 
-__all__ = ["Progress", "read_status", "format_status", "MODES", "STALE_AFTER"]
+__all__ = ["Progress", "read_status", "format_status", "MODES", "STALE_HEARTBEATS",
+           "check_intervals"]
 
 MODES = ("auto", "bar", "widget", "text", "none")
 PROGRESS_JSON = "progress.json"
 PROGRESS_TXT = "PROGRESS.txt"
-#: A running job whose progress file is older than this is reported stalled.
-STALE_AFTER = 120.0
+#: progress.json is rewritten at least every heartbeat (15 s by default): a
+#: running job whose file is older than this many heartbeats (45 s by
+#: default) has stopped refreshing it and is reported stalled.
+STALE_HEARTBEATS = 3
+#: ... but never sooner than this many seconds (tiny heartbeats, busy hosts).
+STALE_MIN_SECONDS = 2.0
+#: Allowed heartbeat and text interval, seconds.
+HEARTBEAT_RANGE = (0.1, 3600.0)
+TEXT_INTERVAL_RANGE = (0.0, 86400.0)
+
+
+def check_intervals(heartbeat, text_interval, owner):
+    """Check ``heartbeat`` and ``text_interval`` with the template."""
+    hb = v.check_float(heartbeat, "heartbeat", owner, *HEARTBEAT_RANGE)
+    ti = v.check_float(text_interval, "text_interval", owner, *TEXT_INTERVAL_RANGE)
+    return hb, ti
 #: A running job with no completed shard for this long (or 20 times the mean
 #: time between shards, if longer) is reported stalled even if it is alive.
 STALL_AFTER = 600.0
@@ -104,13 +121,12 @@ class Progress:
                  text_interval=30.0, file_interval=2.0, info=None, stream=None,
                  title="trajlab"):
         self.run_dir = run_dir
-        self.total = int(total)
-        self.initial = int(done)
-        self.done = int(done)
-        self.mode = resolve_mode(mode)
-        self.heartbeat = float(heartbeat)
-        self.text_interval = float(text_interval)
-        self.file_interval = float(file_interval)
+        self.total = v.check_int(total, "total", "Progress", 0)
+        self.initial = v.check_int(done, "done", "Progress", 0)
+        self.done = self.initial
+        self.mode = resolve_mode(v.check_choice(mode, "mode", "Progress", MODES))
+        self.heartbeat, self.text_interval = check_intervals(heartbeat, text_interval, "Progress")
+        self.file_interval = v.check_float(file_interval, "file_interval", "Progress", 0.0, 3600.0)
         self.info = dict(info or {})
         self.stream = stream if stream is not None else sys.stdout
         self.title = title
@@ -168,10 +184,28 @@ class Progress:
                 f"ETA {_fmt_seconds(s['eta_seconds'])}")
 
     # ------------------------------------------------------------- views
-    def _write_files(self, snap):
+    def _write_files(self, snap, final=False):
+        """Write both files atomically. The final state must get through even
+        on a full disk: then each file is overwritten in place (it fits in
+        the blocks the file already has) and nothing is left behind."""
         if not self.run_dir:
             return
-        write_json_atomic(os.path.join(self.run_dir, PROGRESS_JSON), snap)
+        files = [(PROGRESS_JSON, (json.dumps(snap, indent=2, sort_keys=True) + "\n").encode()),
+                 (PROGRESS_TXT, self._text(snap).encode())]
+        for name, data in files:
+            path = os.path.join(self.run_dir, name)
+            try:
+                write_bytes_atomic(path, data)
+            except (OSError, RunDirError):
+                if not final:
+                    raise
+                if not overwrite_in_place(path, data) and name == PROGRESS_JSON:
+                    # shorter: drop the message detail until it fits
+                    small = dict(snap, message=str(snap.get("message", ""))[:120])
+                    overwrite_in_place(path, json.dumps(small, sort_keys=True).encode())
+        self._last_file = time.time()
+
+    def _text(self, snap):
         rate = snap["rate_samples_per_second"]
         text = (
             f"trajlab dataset generation progress\n"
@@ -188,8 +222,7 @@ class Progress:
         )
         if snap.get("message"):
             text += f"Message:     {snap['message']}\n"
-        write_text_atomic(os.path.join(self.run_dir, PROGRESS_TXT), text)
-        self._last_file = time.time()
+        return text
 
     def _emit_text(self, snap, force=False):
         now = time.time()
@@ -213,7 +246,10 @@ class Progress:
         while not self._stop.wait(self.heartbeat):
             with self._lock:
                 snap = self.snapshot()
-                self._write_files(snap)
+                try:
+                    self._write_files(snap)
+                except (OSError, RunDirError):
+                    pass        # e.g. a full disk: keep beating, the run decides its fate
                 if self.mode == "text":
                     self._emit_text(snap)
 
@@ -261,7 +297,7 @@ class Progress:
             if message:
                 self.message = message
             snap = self.snapshot()
-            self._write_files(snap)
+            self._write_files(snap, final=True)
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
@@ -294,22 +330,22 @@ def read_status(run_dir, stale_after=None):
     path = os.path.join(run_dir, PROGRESS_JSON)
     complete = os.path.isfile(os.path.join(run_dir, "manifest.json"))
     try:
-        with open(path, encoding="utf-8") as fh:
-            snap = json.load(fh)
+        snap = read_json_file(path, run_dir, PROGRESS_JSON)
+        age = time.time() - _number(snap.get("updated_unix"), 0.0)
     except FileNotFoundError:
         verdict = "finished" if complete else "missing"
         return {"verdict": verdict, "reason": f"no {PROGRESS_JSON} in {run_dir!r}",
                 "age_seconds": None}
-    except ValueError as exc:
+    except (OSError, RunDirError) as exc:
         return {"verdict": "missing", "reason": f"unreadable {PROGRESS_JSON}: {exc}",
                 "age_seconds": None}
-    age = time.time() - float(snap.get("updated_unix", 0))
     snap["age_seconds"] = round(age, 1)
     state = snap.get("state")
     if stale_after is None:
-        stale_after = max(STALE_AFTER, 4 * float(snap.get("heartbeat_seconds", 15)))
-    since_checkpoint = time.time() - float(snap.get("last_checkpoint_unix") or time.time())
-    mean = snap.get("mean_checkpoint_seconds") or 0.0
+        hb = _number(snap.get("heartbeat_seconds"), 15.0)
+        stale_after = max(STALE_MIN_SECONDS, STALE_HEARTBEATS * hb)
+    since_checkpoint = time.time() - _number(snap.get("last_checkpoint_unix"), time.time())
+    mean = _number(snap.get("mean_checkpoint_seconds"), 0.0)
     stall_after = max(STALL_AFTER, 20.0 * float(mean))
     if state == "running":
         same_host = snap.get("host") == socket.gethostname()
@@ -336,6 +372,11 @@ def read_status(run_dir, stale_after=None):
     else:
         snap.update(verdict="missing", reason=f"unknown state {state!r}")
     return snap
+
+
+def _number(x, default):
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) \
+        and x == x and abs(x) != float("inf") else default
 
 
 def format_status(run_dir, status):

@@ -24,20 +24,26 @@ import datetime as _dt
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
+import re
+import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
+from . import _validation as v
 from .generator import array_layout, generate_block, probe_digest
 from .spec import DATA_VERSION, DatasetSpec
 
 __all__ = ["FORMAT_VERSION", "RunLayout", "write_json_atomic", "read_json", "RunLock",
-           "RunDirError", "write_shard", "sha256_bytes", "utcnow"]
+           "RunDirError", "write_shard", "sha256_bytes", "utcnow", "temp_path", "temp_owner",
+           "remove_stale_temps", "check_managed_entries", "HOST"]
 
 FORMAT_VERSION = 1
 SPEC_FILE = "spec.json"
@@ -45,6 +51,15 @@ MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 SHARDS_DIR = "shards"
 ANNOTATIONS_DIR = "annotations"
+PROGRESS_FILES = ("progress.json", "PROGRESS.txt")
+#: This host's name as it appears in temporary file names and lock records.
+HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+_TEMP_MARK = ".trajlab-tmp."
+_TEMP_RE = re.compile(r"^\.(?P<base>.+)\.trajlab-tmp\.(?P<host>[A-Za-z0-9_.-]+)\."
+                      r"(?P<pid>[0-9]+)\.[0-9a-f]{8}$")
+_RECORD_RE = re.compile(r"^[0-9]{5,}\.json$")
+_ANNOTATION_RE = re.compile(r"^[0-9]{5,}\.jsonl$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RunDirError(RuntimeError):
@@ -62,53 +77,280 @@ def sha256_bytes(buf):
 
 def fsync_dir(path):
     """fsync a directory, making renames inside it durable."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_json_atomic(path, obj, indent=2, fsync=False):
-    """Write JSON to ``path`` through a temporary file and ``os.replace``;
-    with ``fsync``, the file and the rename are forced to stable storage."""
+# ------------------------------------------------------------- no-follow I/O
+class _LinkError(RunDirError):
+    pass
+
+
+class _NotRegularError(RunDirError):
+    pass
+
+
+def _symlink_error(path):
+    return _LinkError(
+        f"{path!r} is a symbolic link. trajlab never reads or writes a run directory's own "
+        "files through symbolic links (the link could point anywhere); replace it with the "
+        "real file, or remove it, and run the command again.")
+
+
+def open_nofollow(path, flags, mode=0o666):
+    """``os.open`` that refuses a symbolic link as the last path component
+    (``O_NOFOLLOW``) and anything but a regular file; returns the fd."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _symlink_error(path) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegularError(f"{path!r} is not a regular file.")
+    return fd
+
+
+def _open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
+    """Open a run-dir file for writing in place: no symlink, no second hard
+    link (a ``cp -al`` copy, or a link to another file, would change too)."""
+    fd = open_nofollow(path, flags, mode)
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise RunDirError(
+            f"{path!r} has {os.stat(path).st_nlink - 1} other hard link(s): writing it would "
+            "also change those files. Copy it (`cp --remove-destination`) or remove the other "
+            "names first.")
+    return fd
+
+
+def _write_all(fd, data):
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _pwrite_all(fd, buf, offset):
+    view = memoryview(buf).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def temp_path(path):
+    """Temporary name for an atomic write of ``path``, in the same folder:
+    ``.<name>.trajlab-tmp.<host>.<pid>.<random>``. The prefix, host and pid
+    are what lets clean-up prove that trajlab made the file and that its
+    writer is dead (see :func:`remove_stale_temps`)."""
+    d, base = os.path.split(os.fspath(path))
+    return os.path.join(d, f".{base}{_TEMP_MARK}{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def temp_owner(name):
+    """``(target name, host, pid)`` of a trajlab temporary file name, else None."""
+    m = _TEMP_RE.match(name)
+    return None if m is None else (m["base"], m["host"], int(m["pid"]))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_temps(directory, target=None):
+    """Delete the temporary files trajlab's dead writers left in ``directory``.
+
+    Only names made by :func:`temp_path` on this host whose process is gone
+    are deleted (optionally only those for ``target``); files of other
+    programs, of other hosts and of live processes are never touched.
+    Returns the removed names.
+    """
+    removed = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return removed
+    for name in entries:
+        owner = temp_owner(name)
+        if owner is None or owner[1] != HOST or (target is not None and owner[0] != target):
+            continue
+        if owner[2] == os.getpid() or _pid_alive(owner[2]):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                os.unlink(path)
+                removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def write_bytes_atomic(path, data, fsync=False):
+    """Write ``data`` to ``path`` through a new temporary file and
+    ``os.replace``. The temporary file is created exclusively without
+    following links, and removed if anything fails (a full disk leaves no
+    empty file behind); the rename replaces a link at ``path`` itself, never
+    its target. With ``fsync``, the file and the rename reach stable storage."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=indent, sort_keys=True)
-        fh.write("\n")
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    for _ in range(16):
+        tmp = temp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+            break
+        except FileExistsError:
+            continue
+    else:   # pragma: no cover - 16 random collisions
+        raise RunDirError(f"cannot create a temporary file next to {path!r}")
+    try:
+        try:
+            _write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def write_json_atomic(path, obj, indent=2, fsync=False):
+    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    text = json.dumps(obj, indent=indent, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
 def write_text_atomic(path, text):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def overwrite_in_place(path, data):
+    """Last resort when the disk is full: write ``data`` over the existing
+    file without allocating (only if it fits in the blocks the file already
+    has). Not atomic; used only for the final progress state. Returns True
+    if written."""
+    try:
+        fd = _open_for_writing(path)
+    except (OSError, RunDirError):
+        return False
+    try:
+        st = os.fstat(fd)
+        room = max(st.st_size, st.st_blocks * 512)
+        if len(data) > room:
+            return False
+        _pwrite_all(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path, max_bytes):
+    """Bytes of the regular file ``path`` (no symlink), at most ``max_bytes``.
+
+    Raises FileNotFoundError, RunDirError (link, not a regular file, too
+    large) or OSError.
+    """
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise _TooLarge(size)
+        chunks, n = [], 0
+        while True:
+            b = os.read(fd, min(1 << 20, max_bytes + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+            if n > max_bytes:
+                raise _TooLarge(n)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size):
+        super().__init__(size)
+        self.size = size
+
+
+def parse_json(raw):
+    """``(object, None)`` or ``(None, reason)`` for bytes that should be JSON."""
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, f"invalid JSON (not utf-8: {exc})"
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)"
+    except ValueError as exc:
+        return None, f"invalid JSON ({exc})"
+
+
+def read_json_file(path, run_dir, fname=None, max_bytes=v.MAX_JSON_BYTES):
+    """A JSON object from a run-dir file, or RunDirError with the template.
+
+    FileNotFoundError is passed on (callers decide what a missing file means).
+    """
+    fname = fname or os.path.basename(path)
+    expected = f"a JSON object of at most {max_bytes // 2**20} MiB"
+    try:
+        raw = read_bytes(path, max_bytes)
+    except _TooLarge as exc:
+        v.fail_file(fname, run_dir, expected, f"{exc.size} bytes", RunDirError)
+    except _NotRegularError:
+        v.fail_file(fname, run_dir, expected, "something that is not a regular file",
+                    RunDirError)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        v.fail_file(fname, run_dir, expected, f"an unreadable file ({exc})", RunDirError)
+    obj, reason = parse_json(raw)
+    if reason:
+        v.fail_file(fname, run_dir, expected, reason, RunDirError)
+    if not isinstance(obj, dict):
+        v.fail_file(fname, run_dir, expected, f"a {type(obj).__name__}", RunDirError)
+    return obj
 
 
 def read_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """JSON of a trajlab file (no symlink, at most :data:`MAX_JSON_BYTES`)."""
+    path = os.fspath(path)
+    return read_json_file(path, os.path.dirname(path) or ".")
 
 
-def _npy_header_len(shape, dtype):
-    """Byte length of the .npy header numpy writes for this array."""
+def _npy_header(shape, dtype):
+    """The exact .npy header (format 1.0) numpy writes for a C-order array."""
     from numpy.lib import format as npf
 
     d = {"descr": npf.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
          "shape": tuple(shape)}
-    import io
-
     buf = io.BytesIO()
     npf.write_array_header_1_0(buf, d)
-    return buf.tell()
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -135,8 +377,17 @@ class RunLayout:
         out = {}
         for name, (shape, dt) in array_layout(self.spec, self.spec.n_samples).items():
             per = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize
-            out[name] = (f"{name}.npy", shape, np.dtype(dt), _npy_header_len(shape, dt), per)
+            out[name] = (f"{name}.npy", shape, np.dtype(dt), len(self.header(name)), per)
         return out
+
+    @cached_property
+    def _headers(self):
+        return {name: _npy_header(shape, dt)
+                for name, (shape, dt) in array_layout(self.spec, self.spec.n_samples).items()}
+
+    def header(self, name):
+        """The exact header bytes of array ``name``'s file."""
+        return self._headers[name]
 
     def to_dict(self):
         return {
@@ -164,16 +415,21 @@ class RunLayout:
         }
 
     def preallocate(self, run_dir):
-        """Create every .npy with its header and full (sparse) size."""
-        from numpy.lib.format import open_memmap
-
+        """Create every .npy with its header and full (sparse) size, and the
+        shard folders. Existing files are never opened: a name already
+        taken (even by a link) is an error."""
         for name, (fname, shape, dt, hlen, per) in self.arrays().items():
             path = os.path.join(run_dir, fname)
-            mm = open_memmap(path, mode="w+", dtype=dt, shape=shape)
-            assert mm.offset == hlen, (name, mm.offset, hlen)
-            del mm
-        os.makedirs(os.path.join(run_dir, SHARDS_DIR), exist_ok=True)
-        os.makedirs(os.path.join(run_dir, ANNOTATIONS_DIR), exist_ok=True)
+            if os.path.islink(path):
+                raise _symlink_error(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+            try:
+                _pwrite_all(fd, self.header(name), 0)
+                os.ftruncate(fd, self.expected_size(name))
+            finally:
+                os.close(fd)
+        make_dirs(run_dir)
 
     def expected_size(self, name):
         fname, shape, dt, hlen, per = self.arrays()[name]
@@ -186,12 +442,18 @@ class RunLayout:
         return os.path.join(run_dir, ANNOTATIONS_DIR, f"{shard:05d}.jsonl")
 
 
-def _pwrite_all(fd, buf, offset):
-    view = memoryview(buf).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+def make_dirs(run_dir):
+    """Create the shard folders (a link or a file in their place is refused)."""
+    for d in (SHARDS_DIR, ANNOTATIONS_DIR):
+        path = os.path.join(run_dir, d)
+        if os.path.islink(path):
+            raise _symlink_error(path)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file."
+                                  ) from None
 
 
 def write_shard(run_dir, layout, shard, fsync=False):
@@ -210,7 +472,7 @@ def write_shard(run_dir, layout, shard, fsync=False):
         data = np.ascontiguousarray(getattr(block, name))
         buf = data.data
         checksums[name] = sha256_bytes(buf)
-        fd = os.open(os.path.join(run_dir, fname), os.O_WRONLY)
+        fd = _open_for_writing(os.path.join(run_dir, fname))
         try:
             _pwrite_all(fd, buf, hlen + per * start)
             if fsync:
@@ -219,16 +481,7 @@ def write_shard(run_dir, layout, shard, fsync=False):
             os.close(fd)
     text = "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
                    for rec in block.annotations(layout.spec)).encode("utf-8")
-    apath = layout.annotations_path(run_dir, shard)
-    tmp = f"{apath}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(text)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, apath)
-    if fsync:
-        fsync_dir(os.path.dirname(apath))
+    write_bytes_atomic(layout.annotations_path(run_dir, shard), text, fsync=fsync)
     checksums["annotations"] = sha256_bytes(text)
     return {
         "shard": shard,
@@ -247,7 +500,8 @@ def shard_slice_bytes(run_dir, layout, name, shard):
     """Read the stored bytes of one array's shard slice (for verification)."""
     fname, shape, dt, hlen, per = layout.arrays()[name]
     start, stop = layout.shard_range(shard)
-    with open(os.path.join(run_dir, fname), "rb") as fh:
+    fd = open_nofollow(os.path.join(run_dir, fname), os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
         fh.seek(hlen + per * start)
         return fh.read(per * (stop - start))
 
@@ -257,9 +511,11 @@ class RunLock:
 
     An exclusive ``flock`` on ``run_dir/.lock``: the kernel releases it when
     the owner dies (even by SIGKILL), so a dead owner's lock is taken over
-    automatically. The file holds the owner's pid, host and start time for
-    error messages. (flock across hosts needs a filesystem that supports it;
-    see docs/FORMAT.md.)
+    automatically. The file holds the owner's program, pid, host and start
+    time for error messages (and so that a folder holding only trajlab's
+    lock is recognised as trajlab's). It is never opened through a symbolic
+    link. (flock across hosts needs a filesystem that supports it; see
+    docs/FORMAT.md.)
     """
 
     def __init__(self, run_dir):
@@ -267,7 +523,8 @@ class RunLock:
         self._fh = None
 
     def acquire(self):
-        fh = open(self.path, "a+")
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        fh = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -275,17 +532,20 @@ class RunLock:
                 fh.close()
                 raise
             fh.seek(0)
-            owner = fh.read().strip() or "unknown owner"
+            owner = fh.read(1000).strip() or "unknown owner"
             fh.close()
             raise RunDirError(
                 f"Run directory {os.path.dirname(self.path)!r} is being written by another "
                 f"process ({owner}). Wait for it to finish or stop it; a dead owner's lock is "
                 "released automatically.") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": utcnow()}))
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(lock_record()))
+            fh.flush()
+        except BaseException:
+            fh.close()
+            raise
         self._fh = fh
         return self
 
@@ -304,35 +564,489 @@ class RunLock:
         self.release()
 
 
+def lock_record():
+    return {"program": "trajlab", "pid": os.getpid(), "host": HOST, "since": utcnow()}
+
+
+def is_trajlab_lock(path):
+    """True if ``path`` is a regular file holding a trajlab lock record."""
+    try:
+        raw = read_bytes(path, 4096)
+    except (OSError, RunDirError, _TooLarge):
+        return False
+    obj, reason = parse_json(raw)
+    return (reason is None and isinstance(obj, dict) and obj.get("program") == "trajlab"
+            and set(obj) == {"program", "pid", "host", "since"})
+
+
+# ------------------------------------------------------------ reading checks
+class _Damaged:
+    """Turn the template's ValueError/TypeError into RunDirError."""
+
+    def __init__(self, prefix=""):
+        self.prefix = prefix
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if typ is not None and issubclass(typ, (ValueError, TypeError)) \
+                and not issubclass(typ, RunDirError):
+            raise RunDirError(f"{self.prefix}{exc}") from None
+        return False
+
+
+def _diff_paths(a, b, prefix=""):
+    """Dotted paths where two JSON values differ (types count: 1 != True)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_paths(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for k, (x, y) in enumerate(zip(a, b)):
+            out += _diff_paths(x, y, f"{prefix}{k}.")
+        return out
+    if type(a) is not type(b) or a != b:
+        return [prefix.rstrip(".")]
+    return []
+
+
+_MISSING = object()
+
+
 def load_layout(run_dir):
-    """Read ``spec.json`` of a run dir: ``(document, RunLayout)``."""
+    """Read and check ``spec.json`` of a run dir: ``(document, RunLayout)``.
+
+    Every field is checked with the template messages (a damaged file is a
+    :class:`RunDirError` naming the field, the allowed values and what it
+    holds), so nothing downstream divides by a shard size of 0 or reads a
+    layout that does not follow from the spec.
+    """
+    run_dir = os.fspath(run_dir)
     path = os.path.join(run_dir, SPEC_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise RunDirError(f"{run_dir!r} is not a trajlab run directory (no {SPEC_FILE}).")
-    doc = read_json(path)
-    if doc.get("format") != "trajlab-run" or doc.get("format_version") != FORMAT_VERSION:
+    doc = read_json_file(path, run_dir, SPEC_FILE)
+    if doc.get("format") != "trajlab-run" or type(doc.get("format_version")) is not int \
+            or doc.get("format_version") != FORMAT_VERSION:
         raise RunDirError(
             f"{path!r} has format {doc.get('format')!r} version {doc.get('format_version')!r}; "
-            f"this trajlab reads 'trajlab-run' version {FORMAT_VERSION}.")
-    spec = DatasetSpec.from_dict(doc["spec"])
-    if spec.fingerprint != doc.get("fingerprint"):
+            f"this trajlab reads 'trajlab-run' version {FORMAT_VERSION}, so {run_dir!r} is not "
+            "a trajlab run directory it can use.")
+    own = f"{SPEC_FILE} in {run_dir!r}"
+    with _Damaged(f"{path!r} is damaged: "):
+        if not isinstance(doc.get("spec"), dict):
+            v.fail("spec", own, "an object of DatasetSpec fields", doc.get("spec"), TypeError)
+        spec = DatasetSpec.from_dict(doc["spec"])
+        v.check_spec_bounds(spec)
+    if type(doc.get("data_version")) is not int or spec.fingerprint != doc.get("fingerprint"):
         raise RunDirError(
             f"{path!r} is inconsistent: its spec hashes to {spec.fingerprint}, but it records "
             f"fingerprint {doc.get('fingerprint')} (data version {doc.get('data_version')}; this "
             f"trajlab generates data version {DATA_VERSION}).")
-    return doc, RunLayout(spec, int(doc["layout"]["shard_size"]))
+    with _Damaged():
+        lay = doc.get("layout")
+        if not isinstance(lay, dict):
+            v.fail("layout", own, "an object", lay, TypeError)
+        shard_size = v.check_int(lay.get("shard_size"), "layout.shard_size", own, 1,
+                                 v.MAX_SHARD_SIZE)
+        layout = RunLayout(spec, shard_size)
+        v.check_int(layout.n_shards, "layout.n_shards", own, 1, v.MAX_N_SHARDS)
+        diff = _diff_paths(lay, layout.to_dict())
+        if diff:
+            v.fail("layout", own, "the layout trajlab derives from the spec (it differs at "
+                   + ", ".join("layout." + d for d in diff[:5]) + ")",
+                   {d: _get(lay, d) for d in diff[:3]})
+        for key in ("trajlab_version", "numpy_version", "created_at"):
+            if not isinstance(doc.get(key), str):
+                v.fail(key, own, "a str", doc.get(key), TypeError)
+        probe = doc.get("probe_sha256", None)
+        if probe is not None and not (isinstance(probe, str) and _HEX64.match(probe)):
+            v.fail("probe_sha256", own, "64 lowercase hex digits (or absent)", probe)
+    return doc, layout
+
+
+def _get(obj, dotted):
+    for k in dotted.split("."):
+        if isinstance(obj, dict):
+            obj = obj.get(k, None)
+        elif isinstance(obj, list) and k.isdigit() and int(k) < len(obj):
+            obj = obj[int(k)]
+        else:
+            return None
+    return obj
+
+
+def _is_count(x):
+    return type(x) is int and x >= 0
+
+
+def check_record(rec, layout, shard):
+    """None if ``rec`` is a well-formed completion record of ``shard``, else
+    the reason."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    start, stop = layout.shard_range(shard)
+    for key, want in (("shard", shard), ("start", start), ("stop", stop)):
+        if type(rec.get(key)) is not int or rec.get(key) != want:
+            return f"{key} is {rec.get(key)!r}, expected {want}"
+    sums = rec.get("sha256")
+    names = set(layout.arrays()) | {"annotations"}
+    if not isinstance(sums, dict) or set(sums) != names:
+        return "sha256 does not list every array and the annotations"
+    if not all(isinstance(x, str) and _HEX64.match(x) for x in sums.values()):
+        return "sha256 holds a value that is not 64 hex digits"
+    classes = layout.spec.classes
+    rej = rec.get("rejections")
+    if not isinstance(rej, dict) or set(rej) != set(classes) or \
+            not all(_is_count(x) for x in rej.values()):
+        return "rejections is not a count per class"
+    cc = rec.get("class_counts")
+    if not isinstance(cc, list) or len(cc) != len(classes) or \
+            not all(_is_count(x) for x in cc) or sum(cc) != stop - start:
+        return f"class_counts is not {len(classes)} counts summing to {stop - start}"
+    return None
+
+
+def record_data_problem(rec, layout, labels, attempts):
+    """None if the counts of a record follow from its shard's stored data,
+    else the reason: ``class_counts`` from the labels and ``rejections``
+    from the attempts (a sample accepted at attempt k was redrawn k - 1
+    times)."""
+    C = layout.spec.n_classes
+    labels = np.asarray(labels, dtype=np.int64)
+    attempts = np.asarray(attempts, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= C or attempts.min() < 1):
+        return "labels or attempts out of range"
+    counts = np.bincount(labels, minlength=C)
+    redrawn = np.bincount(labels, weights=attempts - 1, minlength=C).astype(np.int64)
+    if counts.tolist() != rec["class_counts"]:
+        return "its class_counts do not match labels.npy"
+    if [rec["rejections"][c] for c in layout.spec.classes] != redrawn.tolist():
+        return "its rejections do not match attempts.npy"
+    return None
 
 
 def read_record(run_dir, layout, shard):
-    """A shard's completion record, or None if missing or unreadable."""
+    """A shard's completion record, or None if missing, unreadable or not a
+    well-formed record of that shard."""
     try:
-        rec = read_json(layout.shard_record_path(run_dir, shard))
-    except (OSError, ValueError):
+        rec = read_json_file(layout.shard_record_path(run_dir, shard), run_dir)
+    except (OSError, RunDirError):
         return None
+    return rec if check_record(rec, layout, shard) is None else None
+
+
+def check_managed_entries(run_dir, layout=None):
+    """Refuse a run dir where trajlab's own files or folders are symbolic
+    links (or its folders are not folders). Raises RunDirError."""
+    names = [SPEC_FILE, MANIFEST_FILE, LOCK_FILE, *PROGRESS_FILES]
+    if layout is not None:
+        names += [f for f, *_r in layout.arrays().values()]
+    links = [n for n in names if os.path.islink(os.path.join(run_dir, n))]
+    for d, pattern in ((SHARDS_DIR, _RECORD_RE), (ANNOTATIONS_DIR, _ANNOTATION_RE)):
+        path = os.path.join(run_dir, d)
+        if os.path.islink(path):
+            links.append(d + "/")
+        elif os.path.lexists(path) and not os.path.isdir(path):
+            raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file.")
+        elif os.path.isdir(path):
+            with os.scandir(path) as it:
+                links += [f"{d}/{e.name}" for e in it
+                          if pattern.match(e.name) and e.is_symlink()]
+    if links:
+        shown = ", ".join(sorted(links)[:5]) + (" ..." if len(links) > 5 else "")
+        raise _LinkError(
+            f"Run directory {run_dir!r} has symbolic links where trajlab keeps its own files "
+            f"or folders: {shown}. trajlab never reads or writes through them (they could "
+            "point anywhere); replace them with the real files or folders, or remove them, "
+            "and run the command again.")
+
+
+def check_array_file(run_dir, layout, name):
+    """None if array ``name``'s file has exactly its expected size and header,
+    else ``(kind, reason)`` with kind 'missing', 'size' or 'header'."""
+    fname, shape, dt, hlen, per = layout.arrays()[name]
+    path = os.path.join(run_dir, fname)
+    want = layout.expected_size(name)
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "missing", f"{fname} is missing"
+    except (OSError, RunDirError) as exc:
+        return "missing", f"{fname} cannot be read ({exc})"
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, hlen, 0)
+    finally:
+        os.close(fd)
+    if head != layout.header(name):
+        return "header", describe_header(run_dir, layout, name, head)
+    if size != want:
+        what = "truncated" if size < want else "too long"
+        return "size", f"{fname} is {what} ({size} bytes, expected {want})"
+    return None
+
+
+def describe_header(run_dir, layout, name, head):
+    """The template message for an array file whose header is not the one
+    trajlab writes (never raises on crafted bytes)."""
+    from numpy.lib import format as npf
+
+    fname, shape, dt, hlen, per = layout.arrays()[name]
+    expected = (f"the header of a C-order (fortran_order False) {dt.str} array of shape "
+                f"{tuple(shape)} in .npy format 1.0")
+    try:
+        fh = io.BytesIO(head)
+        version = npf.read_magic(fh)
+        reader = {(1, 0): npf.read_array_header_1_0, (2, 0): npf.read_array_header_2_0}.get(
+            version)
+        if reader is None:
+            raise ValueError(f"format version {version[0]}.{version[1]}")
+        got_shape, fortran, got_dt = reader(fh)
+        got = (f"a header of format {version[0]}.{version[1]} with fortran_order {fortran}, "
+               f"dtype {got_dt.str}, shape {got_shape}")
+    except Exception as exc:   # crafted bytes: whatever numpy's parser says
+        got = f"an unreadable header ({type(exc).__name__}: {str(exc)[:200]})"
+    return (f"The {fname!r} file of run directory {run_dir!r} must have {expected}. "
+            f"Got {got} instead.")
+
+
+def open_array(run_dir, layout, name):
+    """Read-only memory map of array ``name`` after checking its file."""
+    problem = check_array_file(run_dir, layout, name)
+    if problem is not None:
+        raise RunDirError(f"{problem[1]}: the dataset is damaged. Run `trajlab verify "
+                          f"--repair {run_dir}` (and `trajlab generate {run_dir}` if it says "
+                          "shards must be regenerated).")
+    fname, shape, dt, hlen, per = layout.arrays()[name]
+    fd = open_nofollow(os.path.join(run_dir, fname), os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return np.memmap(fh, dtype=dt, mode="r", offset=hlen, shape=tuple(shape), order="C")
+
+
+# ------------------------------------------------------------------ manifest
+def build_manifest(run_dir, layout, records, labels=None, splits=None):
+    """The manifest trajlab writes for complete records (without
+    ``finished_at``). ``labels``/``splits`` are read if not given; their
+    shard slices must match the records (RunDirError otherwise)."""
+    from .generator import SPLITS
+
+    spec = layout.spec
+    if labels is None:
+        labels = open_array(run_dir, layout, "labels")
+    if splits is None:
+        splits = open_array(run_dir, layout, "splits")
+    attempts = open_array(run_dir, layout, "attempts")
+    digest = hashlib.sha256()
+    rejections = {c: 0 for c in spec.classes}
+    for s in range(layout.n_shards):
+        rec = records[s]
+        a, b = layout.shard_range(s)
+        for name, arr in (("labels", labels), ("splits", splits), ("attempts", attempts)):
+            if sha256_bytes(np.ascontiguousarray(arr[a:b]).data) != rec["sha256"][name]:
+                raise RunDirError(f"{name}.npy does not match the record of shard {s} "
+                                  f"(samples {a}..{b - 1})")
+        problem = record_data_problem(rec, layout, labels[a:b], attempts[a:b])
+        if problem:
+            raise RunDirError(f"the record of shard {s} is damaged: {problem}")
+        for name in sorted(rec["sha256"]):
+            digest.update(f"{s}:{name}:{rec['sha256'][name]}\n".encode())
+        for c, k in rec["rejections"].items():
+            rejections[c] += k
+    C = spec.n_classes
+    lab = np.asarray(labels, dtype=np.int64)
+    spl = np.asarray(splits, dtype=np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= C or spl.max() > 2):
+        raise RunDirError("labels.npy or splits.npy holds values out of range")
+    joint = np.bincount(spl * C + lab, minlength=3 * C).reshape(3, C)
+    counts = joint.sum(axis=0)
+    from_records = np.sum([records[s]["class_counts"] for s in range(layout.n_shards)], axis=0)
+    if not np.array_equal(from_records, counts):
+        raise RunDirError("the class counts of the shard records do not match labels.npy")
+    return {
+        "complete": True,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": spec.fingerprint,
+        "n_samples": spec.n_samples,
+        "n_shards": layout.n_shards,
+        "shard_size": layout.shard_size,
+        "class_names": list(spec.classes),
+        "class_counts": {c: int(counts[k]) for k, c in enumerate(spec.classes)},
+        "split_counts": {s: {c: int(joint[j, k]) for k, c in enumerate(spec.classes)}
+                         for j, s in enumerate(SPLITS)},
+        "rejections": rejections,
+        "rejection_rate": {c: round(rejections[c] / max(1, rejections[c] + int(counts[k])), 4)
+                           for k, c in enumerate(spec.classes)},
+        "digest": digest.hexdigest(),
+        "files": {name: {"file": f, "bytes": layout.expected_size(name)}
+                  for name, (f, *_r) in layout.arrays().items()},
+    }
+
+
+def check_manifest(manifest, layout, run_dir):
+    """O(1) checks of a manifest against the spec: None or the template
+    message. (Counts against the data: :func:`compare_manifest`.)"""
+    from .generator import SPLITS
+
+    spec = layout.spec
+    where = f"{MANIFEST_FILE} in {run_dir!r}"
+    classes = list(spec.classes)
+    want = {"complete": True, "format_version": FORMAT_VERSION,
+            "fingerprint": spec.fingerprint, "n_samples": spec.n_samples,
+            "n_shards": layout.n_shards, "shard_size": layout.shard_size,
+            "class_names": classes,
+            "files": {name: {"file": f, "bytes": layout.expected_size(name)}
+                      for name, (f, *_r) in layout.arrays().items()}}
+    for key, value in want.items():
+        if _diff_paths(manifest.get(key, _MISSING), value):
+            return (f"The {key!r} parameter of {where} must be {value!r} (from spec.json). "
+                    f"Got {manifest.get(key, '<missing>')!r} instead.")
+    cc = manifest.get("class_counts")
+    if not isinstance(cc, dict) or set(cc) != set(classes) or \
+            not all(_is_count(x) for x in cc.values()) or sum(cc.values()) != spec.n_samples:
+        return (f"The 'class_counts' parameter of {where} must be a count per class summing to "
+                f"{spec.n_samples}. Got {cc!r} instead.")
+    sc = manifest.get("split_counts")
+    if not isinstance(sc, dict) or set(sc) != set(SPLITS) or not all(
+            isinstance(sc[s], dict) and set(sc[s]) == set(classes)
+            and all(_is_count(x) for x in sc[s].values()) for s in SPLITS) or any(
+            sum(sc[s][c] for s in SPLITS) != cc[c] for c in classes):
+        return (f"The 'split_counts' parameter of {where} must be a count per split and class "
+                f"adding up to class_counts. Got {sc!r} instead.")
+    for key in ("rejections", "rejection_rate"):
+        if not isinstance(manifest.get(key), dict) or set(manifest[key]) != set(classes):
+            return (f"The {key!r} parameter of {where} must be a value per class. "
+                    f"Got {manifest.get(key)!r} instead.")
+    d = manifest.get("digest")
+    if not (isinstance(d, str) and _HEX64.match(d)):
+        return f"The 'digest' parameter of {where} must be 64 hex digits. Got {d!r} instead."
+    if not isinstance(manifest.get("finished_at"), str):
+        return (f"The 'finished_at' parameter of {where} must be a str. "
+                f"Got {manifest.get('finished_at')!r} instead.")
+    return None
+
+
+def compare_manifest(manifest, expected, run_dir):
+    """None if ``manifest`` holds what :func:`build_manifest` derives from
+    the records and the data, else the reason."""
+    diff = [d for key in expected for d in _diff_paths(manifest.get(key, _MISSING),
+                                                        expected[key], key + ".")]
+    if not diff:
+        return None
+    shown = ", ".join(diff[:4])
+    return (f"{MANIFEST_FILE} in {run_dir!r} does not match the shard records and the data "
+            f"(it differs at {shown}; e.g. {diff[0]} is {_get(manifest, diff[0])!r}, the data "
+            f"gives {_get(expected, diff[0])!r}).")
+
+
+def read_manifest(run_dir, layout):
+    """``(manifest, problem)``: the manifest if present and readable (None
+    if missing), and None or the reason it fails the O(1) checks."""
+    path = os.path.join(run_dir, MANIFEST_FILE)
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        m = read_json_file(path, run_dir, MANIFEST_FILE)
+    except (OSError, RunDirError) as exc:
+        return {}, str(exc)
+    return m, check_manifest(m, layout, run_dir)
+
+
+def annotations_limit(layout, shard):
+    """Largest annotation file trajlab reads for ``shard`` (64 KiB a sample)."""
+    a, b = layout.shard_range(shard)
+    return v.MAX_JSON_BYTES + 65536 * (b - a)
+
+
+def parse_annotations(raw, layout, shard, run_dir):
+    """The records of an annotation file, checked to be one JSON object per
+    sample of the shard in index order; RunDirError otherwise."""
+    path = layout.annotations_path(run_dir, shard)
+    a, b = layout.shard_range(shard)
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RunDirError(f"{path!r} is damaged (not utf-8: {exc}). Run `trajlab verify "
+                          "--repair` then `trajlab generate` on the run dir.") from None
+    if len(lines) != b - a:
+        raise RunDirError(f"{path!r} holds {len(lines)} lines, expected {b - a} (one per "
+                          "sample). Run `trajlab verify --repair` then `trajlab generate` on "
+                          "the run dir.")
+    recs = []
+    for k, line in enumerate(lines):
+        obj, reason = parse_json(line.encode("utf-8"))
+        if reason is None and not (isinstance(obj, dict) and type(obj.get("index")) is int
+                                   and obj["index"] == a + k):
+            reason = f"not the record of sample {a + k}"
+        if reason:
+            raise RunDirError(f"{path!r} line {k + 1} is damaged ({reason}). Run `trajlab "
+                              "verify --repair` then `trajlab generate` on the run dir.")
+        recs.append(obj)
+    return tuple(recs)
+
+
+def read_annotations_bytes(run_dir, layout, shard):
+    """Raw bytes of a shard's annotation file; RunDirError if unreadable."""
+    path = layout.annotations_path(run_dir, shard)
+    try:
+        return read_bytes(path, annotations_limit(layout, shard))
+    except _TooLarge as exc:
+        raise RunDirError(f"{path!r} is damaged ({exc.size} bytes, more than trajlab "
+                          "writes).") from None
+    except (OSError, RunDirError) as exc:
+        raise RunDirError(f"Annotations of shard {shard} are missing or unreadable ({exc}). "
+                          "Run `trajlab verify --repair` then `trajlab generate` on the run "
+                          "dir.") from None
+
+
+def check_shard_data(run_dir, layout, shard, rec, skip=()):
+    """None if every array slice and the annotations of ``shard`` match
+    ``rec``, else ``(what, reason)`` for the first that does not."""
     start, stop = layout.shard_range(shard)
-    if rec.get("shard") != shard or rec.get("start") != start or rec.get("stop") != stop:
+    raw = {}
+    for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
+        if name in skip:
+            continue
+        raw[name] = shard_slice_bytes(run_dir, layout, name, shard)
+        if sha256_bytes(raw[name]) != rec["sha256"][name]:
+            return name, f"checksum mismatch in {fname} (samples {start}..{stop - 1})"
+    if "labels" in raw and "attempts" in raw:
+        arrays = layout.arrays()
+        problem = record_data_problem(rec, layout,
+                                      np.frombuffer(raw["labels"], arrays["labels"][2]),
+                                      np.frombuffer(raw["attempts"], arrays["attempts"][2]))
+        if problem:
+            return "record", f"completion record damaged: {problem}"
+    try:
+        raw = read_annotations_bytes(run_dir, layout, shard)
+        if sha256_bytes(raw) != rec["sha256"]["annotations"]:
+            return "annotations", "annotations file changed (checksum mismatch)"
+        parse_annotations(raw, layout, shard, run_dir)
+    except RunDirError as exc:
+        return "annotations", f"annotations file missing or damaged ({exc})"
+    return None
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (best effort), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         return None
-    return rec
 
 
-__all__ += ["load_layout", "read_record", "shard_slice_bytes", "write_text_atomic"]
+__all__ += ["load_layout", "read_record", "shard_slice_bytes", "write_text_atomic",
+            "write_bytes_atomic", "open_array", "check_array_file", "build_manifest",
+            "check_manifest", "compare_manifest", "read_manifest", "check_record",
+            "available_memory", "read_json_file", "parse_annotations",
+            "read_annotations_bytes", "check_shard_data"]
