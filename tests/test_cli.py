@@ -101,7 +101,8 @@ def test_spec_file_argument(tmp_path, cli_run):
 
 def test_verify_on_a_non_run_dir(tmp_path):
     proc = run_cli("verify", tmp_path)
-    assert proc.returncode == 1 and "not a trajlab run directory" in proc.stderr
+    assert proc.returncode == 1 and "BAD - " in proc.stdout
+    assert "not a trajlab run directory" in proc.stdout
 
 
 def test_status_of_notebook_run_folders(tmp_path):
@@ -206,7 +207,8 @@ def test_info_does_not_print_counts_the_data_contradicts(cli_run, tmp_path):
     m["class_counts"]["linear"] = 1001
     (rd / "manifest.json").write_text(json.dumps(m))
     proc = run_cli("info", rd)
-    assert "1001" not in proc.stdout
-    assert proc.returncode == 1 and "DAMAGED" in proc.stdout and "manifest.json" in proc.stdout
+    assert "linear=1001" not in proc.stdout and "Class counts:" not in proc.stdout
+    assert proc.returncode == 1 and "Status:       DAMAGED" in proc.stdout
+    assert "class_counts" in proc.stdout and "manifest.json" in proc.stdout
     proc = run_cli("verify", rd)
     assert proc.returncode == 1 and "class_counts" in proc.stdout

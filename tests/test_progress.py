@@ -182,7 +182,7 @@ def test_final_state_is_recorded_when_the_disk_is_full(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"heartbeat": 0}, r"'heartbeat' parameter of Progress must be a finite float in the range "
-                       r"\[0.1, 3600\]\. Got 0 instead"),
+                       r"\[0.1, 3600\]\. Got 0.0 instead"),
     ({"text_interval": "x"}, r"'text_interval' parameter of Progress must be a finite float"),
 ])
 def test_progress_intervals_are_checked(tmp_path, kwargs, match):
