@@ -322,13 +322,19 @@ def _prepare(spec, run_dir, shard_size):
     return None, layout, True
 
 
-def _watch_parent(parent_pid):
+def _watch_parent(parent_pid, child=False):
     """In a worker process: exit within :data:`PARENT_POLL_SECONDS` once the
     process that started the generation dies (a killed parent must not
     leave workers behind). Only in direct children of ``parent_pid`` (loky,
-    multiprocessing); a no-op in the parent itself and on dask workers."""
+    multiprocessing); a no-op in the parent itself and on dask workers.
+    ``child=True`` (loky's initializer: the worker is known to be a child of
+    ``parent_pid``): a parent already gone at start means exit now."""
     global _WATCHED
-    if _WATCHED == parent_pid or os.getpid() == parent_pid or os.getppid() != parent_pid:
+    if _WATCHED == parent_pid or os.getpid() == parent_pid:
+        return
+    if os.getppid() != parent_pid:
+        if child:
+            os._exit(70)
         return
     _WATCHED = parent_pid
 
@@ -360,7 +366,7 @@ def _watched_loky():
     if type(active).__name__ != "LokyBackend" or "initializer" in kwargs:
         yield
         return
-    kwargs.update(initializer=_watch_parent, initargs=(os.getpid(),))
+    kwargs.update(initializer=_watch_parent, initargs=(os.getpid(), True))
     inner = getattr(active, "inner_max_num_threads", None)
     with joblib.parallel_config(backend="loky", inner_max_num_threads=inner, **kwargs):
         yield
