@@ -17,20 +17,11 @@ enumerations for several specs.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from .generator import SPLIT_KEY, SPLITS, splits_for
+from .generator import SPLITS, split_phases, splits_for
 
 __all__ = ["split_count", "split_sample"]
-
-
-@functools.lru_cache(maxsize=64)
-def _phases(seed, n_classes):
-    # Same streams as generator.splits_for: the per-class offsets of the two sequences.
-    return np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        seed, spawn_key=(SPLIT_KEY, c)))).random(2) for c in range(n_classes)])
 
 
 def _per_class_counts(spec, J):
@@ -38,7 +29,7 @@ def _per_class_counts(spec, J):
 
     ``J`` is an int64 array of shape (C,). Returns an int64 array (3, C).
     """
-    ph = _phases(spec.seed, spec.n_classes)
+    ph = split_phases(spec.seed, spec.n_classes)
     f_train, f_val, f_test = spec.splits
     q = f_val / (f_val + f_test) if f_val + f_test > 0 else 0.0
     Jf = J.astype(np.float64)

@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 
 from . import _validation as v
 from .dataset import VERIFY_MODES, open_dataset
-from .generator import SPLITS, Block, generate_block
+from .generator import SPLITS, Block, generate_samples
 from .spec import DatasetSpec
 from .splitindex import split_count, split_sample
 from .storage import RunDirError
@@ -442,20 +442,12 @@ class _OnTheFlyDataset(_ViewDataset):
         return k if self.split is None else split_sample(self.spec, self.split, k)
 
     def _samples(self, indices):
-        """Sample dicts of global indices; runs of consecutive indices are
-        rendered as one vectorised block (the bytes never depend on it)."""
+        """Sample dicts of global indices, rendered together in one vectorised
+        call whatever their order (the bytes never depend on it)."""
         uniq = sorted(set(indices))
-        got = {}
-        a = 0
-        while a < len(uniq):
-            b = a + 1
-            while b < len(uniq) and uniq[b] == uniq[b - 1] + 1:
-                b += 1
-            block = generate_block(self.spec, uniq[a], uniq[b - 1] + 1)
-            for k in range(b - a):
-                got[uniq[a] + k] = _block_sample(block, k)
-            a = b
-        return [got[i] for i in indices]
+        block = generate_samples(self.spec, uniq)
+        row = {i: k for k, i in enumerate(uniq)}
+        return [_block_sample(block, row[i]) for i in indices]
 
     def extra_repr(self):
         span = f"samples 0..{self.n_samples - 1} of the spec, rendered on access"
@@ -464,7 +456,7 @@ class _OnTheFlyDataset(_ViewDataset):
 
 def _block_sample(block, k):
     out = {name: getattr(block, name)[k] for name in Block.ARRAYS}
-    out["index"] = block.start + k
+    out["index"] = int(block.indices[k])
     return out
 
 
@@ -495,8 +487,8 @@ class OnTheFlyVideoDataset(_OnTheFlyDataset):
     -----
     Safe with ``DataLoader(num_workers>0)`` (the dataset pickles as the
     spec and a few ints). With ``batch_size`` set, the DataLoader asks for a
-    whole batch at once (``__getitems__``) and contiguous indices are
-    rendered as one vectorised block. For lengths beyond a few hundred
+    whole batch at once (``__getitems__``), which is rendered in one
+    vectorised call whatever the order of its indices. For lengths beyond a few hundred
     million use ``RandomSampler(ds, replacement=True, num_samples=...)``:
     ``shuffle=True`` builds a permutation of the whole length.
     """
