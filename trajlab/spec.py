@@ -22,7 +22,7 @@ __all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
 #: by different algorithms never share a name.
-DATA_VERSION = 6
+DATA_VERSION = 7
 
 STYLES = ("dot", "trail")
 
