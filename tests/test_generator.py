@@ -366,3 +366,36 @@ def test_every_class_starts_in_the_same_box(size_datasets):
         for c in range(4):
             # the box is filled, not only its centre, by every class
             assert (np.abs(start[labels == c]).max(axis=0) > 0.9 * START_JITTER).all(), c
+
+
+# ------------------------------------------------- radius_mode='constant'
+@pytest.mark.parametrize("T, S", [(8, 32), (16, 64)])
+def test_constant_radius_mode_removes_the_size_over_time_cue(make_ds, T, S):
+    pv, pl, pa = make_ds(800, T, S, seed=4)
+    cv, cl, ca = make_ds(800, T, S, seed=4, radius_mode="constant")
+    np.testing.assert_array_equal(pl, cl)
+    rad = ca["radius"]
+    # the stored radius is the one drawn: frame 0's f R / Z, every frame
+    f = ca["K"][:, 0, 0]
+    np.testing.assert_allclose(rad[:, 0], f * 0.15 / ca["depth"][:, 0], rtol=1e-12)
+    np.testing.assert_array_equal(rad, np.repeat(rad[:, :1], T, axis=1))
+    # framing holds with that radius (+ the 1 px margin), never clipped
+    pix = ca["pixels"]
+    clear = np.minimum.reduce([pix[..., 0] - rad, S - pix[..., 0] - rad,
+                               pix[..., 1] - rad, S - pix[..., 1] - rad])
+    assert clear.min() >= 1.0 - 1e-9
+    # same stream, same motion: a sample accepted at the same attempt in both
+    # modes has the same path; perspective radii differ only after frame 0
+    same = pa["attempts"] == ca["attempts"]
+    assert same.mean() > 0.95
+    np.testing.assert_array_equal(pa["pixels"][same], ca["pixels"][same])
+    np.testing.assert_array_equal(pa["radius"][same, 0], rad[same, 0])
+    assert (pa["radius"][same].std(axis=1) > 1e-3).mean() > 0.9
+    # the rendered brightness (lit coverage) per frame is flat in constant
+    # mode and follows 1/Z^2 in perspective mode
+    def rel_spread(v):
+        b = v[:, :, 0].astype(np.float64).sum(axis=(-1, -2))
+        return b.std(axis=1) / b.mean(axis=1)
+    assert np.median(rel_spread(cv)) < 0.03
+    assert np.median(rel_spread(pv)) > 2 * np.median(rel_spread(cv))
+

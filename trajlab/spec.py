@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import _validation as v
 
-__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
+__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES"]
 
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
@@ -25,6 +25,7 @@ __all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
 DATA_VERSION = 7
 
 STYLES = ("dot", "trail")
+RADIUS_MODES = ("perspective", "constant")
 
 
 def _pair(value):
@@ -107,7 +108,16 @@ class DatasetSpec:
     background_color : (int, int, int), default=(0, 0, 0)
     object_radius : float, default=0.15
         Radius of the spherical object, metres. Its pixel radius is
-        ``f * object_radius / depth`` in every frame.
+        ``f * object_radius / depth`` in every frame (see ``radius_mode``).
+    radius_mode : {'perspective', 'constant'}, default='perspective'
+        ``'perspective'``: the pixel radius follows the depth in every
+        frame, as a real sphere's would. Then the dot's size over time (and
+        the per-frame brightness) records the depth change, which alone
+        names the class for most clips. ``'constant'``: the pixel radius is
+        held at its frame-0 value, ``f * object_radius / depth[0]``, for the
+        whole clip, which removes that cue, for benchmarks of how a model
+        reads the path's shape. Positions, pixels and depth are unchanged;
+        the stored ``radius`` is the radius drawn, and framing uses it.
     clip_seconds : float, default=1.0
         Duration of a clip, seconds (time stamps ``t_k = k * clip_seconds /
         (n_frames - 1)``).
@@ -142,6 +152,7 @@ class DatasetSpec:
     object_color: object = (255, 255, 255)
     background_color: tuple = (0, 0, 0)
     object_radius: float = 0.15
+    radius_mode: str = "perspective"
     clip_seconds: float = 1.0
     gravity: float = 9.81
     camera: CameraSpec = field(default_factory=CameraSpec)
@@ -187,6 +198,7 @@ class DatasetSpec:
         s("background_color", v.check_rgb(self.background_color, "background_color", own))
         s("object_radius", v.check_float(self.object_radius, "object_radius", own, 0.0, 2.0,
                                          closed_low=False))
+        v.check_choice(self.radius_mode, "radius_mode", own, RADIUS_MODES)
         s("clip_seconds", v.check_float(self.clip_seconds, "clip_seconds", own, 0.1, 10.0))
         s("gravity", v.check_float(self.gravity, "gravity", own, 0.0, 100.0, closed_low=False))
         cam = self.camera
@@ -300,3 +312,4 @@ class DatasetSpec:
 
         return np.arange(self.n_frames, dtype=np.float64) * (
             self.clip_seconds / (self.n_frames - 1))
+
