@@ -354,3 +354,43 @@ def test_from_dict_validates_values():
                                               f"{INT_RANGE} [16, 1024]", "15")):
         DatasetSpec.from_dict(d)
 
+
+# ------------------------------------------------------------------ presets
+def test_presets_fit_causal_video_tokenizers():
+    from trajlab.spec import PRESETS
+
+    assert DatasetSpec.preset("default") == DatasetSpec()
+    m = DatasetSpec.preset("magvit")
+    assert (m.n_frames, m.image_size) == (17, 64)
+    m32 = DatasetSpec.preset("magvit32")
+    assert (m32.n_frames, m32.image_size) == (17, 32)
+    for name, changed in (("magvit", ["n_frames"]), ("magvit32", ["image_size", "n_frames"])):
+        spec = DatasetSpec.preset(name)
+        # T = 1 + 16: (T - 1) divisible by 2, 4, 8 and 16 (magvit2-pytorch's
+        # compress_time layers; Open-MAGVIT2's T = 1 mod 4)
+        assert (spec.n_frames - 1) % 16 == 0 and spec.n_frames % 4 == 1
+        # nothing else differs from the defaults
+        assert DatasetSpec().diff(spec) == changed
+    assert sorted(PRESETS) == ["default", "magvit", "magvit32"]
+
+
+def test_preset_overrides_are_validated_like_the_constructor():
+    spec = DatasetSpec.preset("magvit", n_samples=100, seed=7, radius_mode="constant")
+    assert (spec.n_samples, spec.seed, spec.n_frames, spec.radius_mode) == (
+        100, 7, 17, "constant")
+    # an override wins over the preset's own value
+    assert DatasetSpec.preset("magvit", n_frames=33).n_frames == 33
+    with pytest.raises(ValueError, match=_msg("n_frames", "DatasetSpec", f"{INT_RANGE} [2, inf)",
+                                              "1")):
+        DatasetSpec.preset("magvit32", n_frames=1)
+    with pytest.raises(TypeError, match=r"Unknown DatasetSpec parameter\(s\) \['frames'\] given "
+                                        r"to DatasetSpec\.preset; valid parameters are \["):
+        DatasetSpec.preset("magvit", frames=17)
+
+
+@pytest.mark.parametrize("name, got", [("vqgan", "'vqgan'"), ("MAGVIT", "'MAGVIT'"),
+                                       (17, "17"), (None, "None")])
+def test_unknown_preset_lists_the_valid_ones(name, got):
+    with pytest.raises(ValueError, match=_msg("name", "DatasetSpec.preset",
+                                              "one of {'default', 'magvit', 'magvit32'}", got)):
+        DatasetSpec.preset(name)

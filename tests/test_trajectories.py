@@ -215,7 +215,7 @@ def test_parabolic_horizontal_velocity_near_image_plane(seed):
 
 # ----------------------------------------------------- shared properties
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("n_frames", [2, 3, 5, 8, 9, 16, 33])
+@pytest.mark.parametrize("n_frames", [2, 3, 5, 8, 9, 16, 17, 33])
 def test_no_temporal_aliasing(name, n_frames):
     p, ctx, t, pos = draw(name, n_frames, n=300, n_frames=n_frames)
     if "omega" in p:
@@ -390,7 +390,7 @@ def test_generated_params_respect_documented_constraints(size_datasets):
     assert seen == set(REGISTRY)
 
 
-@pytest.mark.parametrize("n_frames", [8, 16])
+@pytest.mark.parametrize("n_frames", [8, 16, 17])
 def test_helices_make_at_least_one_full_turn_when_frames_allow(n_frames):
     spec = DatasetSpec(n_samples=400, n_frames=n_frames, image_size=32, classes=("helical",))
     _, _, ann = make_trajectories(spec=spec, return_annotations=True)

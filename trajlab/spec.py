@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import _validation as v
 
-__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES"]
+__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES", "PRESETS"]
 
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
@@ -229,6 +229,50 @@ class DatasetSpec:
         s("splits", fr)
         s("seed", v.check_int(self.seed, "seed", own, 0, 2**63 - 1))
 
+    # -------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named parameter set, with any field overridden.
+
+        Parameters
+        ----------
+        name : {'default', 'magvit', 'magvit32'}
+            * ``'default'``: the defaults (16 frames of 64x64); 16 frames
+              divide by the temporal factor 4 of a non-causal 3D tokenizer
+              such as google-research/magvit's (16-frame clips).
+            * ``'magvit'``: 17 frames of 64x64. Causal video tokenizers
+              keep frame 0 apart and compress the other ``T - 1`` frames in
+              time, so they need ``T = 1 + k * 2^m``: lucidrains
+              ``magvit2-pytorch`` ``VideoTokenizer`` (its README trains on
+              ``16 + 1`` frames; each ``compress_time`` layer halves
+              ``T - 1``) and Open-MAGVIT2 / SEED-Voken (``T ≡ 1 mod 4``,
+              17-frame clips). 64 is divisible by the 8x or 16x spatial
+              downsampling of those models.
+            * ``'magvit32'``: the same 17 frames at 32x32, for CPU-sized
+              tokenizer runs (8x spatial downsampling leaves a 4x4 grid).
+        **overrides
+            Any :class:`DatasetSpec` field, e.g. ``n_samples`` or ``seed``;
+            validated like the constructor's arguments.
+
+        Returns
+        -------
+        DatasetSpec
+
+        Examples
+        --------
+        >>> DatasetSpec.preset("magvit", n_samples=100).n_frames
+        17
+        """
+        if not isinstance(name, str) or name not in PRESETS:
+            v.fail("name", "DatasetSpec.preset",
+                   "one of {" + ", ".join(map(repr, PRESETS)) + "}", name)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"Unknown DatasetSpec parameter(s) {unknown} given to "
+                            f"DatasetSpec.preset; valid parameters are {names}.")
+        return cls(**{**PRESETS[name], **overrides})
+
     # ------------------------------------------------------------------ I/O
     def to_dict(self):
         """Plain-JSON dict of the spec (tuples as lists)."""
@@ -313,3 +357,11 @@ class DatasetSpec:
         return np.arange(self.n_frames, dtype=np.float64) * (
             self.clip_seconds / (self.n_frames - 1))
 
+
+#: Named parameter sets of :meth:`DatasetSpec.preset` (fields that differ
+#: from the defaults).
+PRESETS = {
+    "default": {},
+    "magvit": {"n_frames": 17, "image_size": 64},
+    "magvit32": {"n_frames": 17, "image_size": 32},
+}
