@@ -126,7 +126,8 @@ class Block:
     ``videos`` (n, T, 3, H, W) uint8; ``labels`` (n,) int64; ``splits``
     (n,) uint8 (0 train, 1 val, 2 test); ``positions`` (n, T, 3) float64
     world metres; ``pixels`` (n, T, 2) float64 ``(u, v)``; ``depth`` (n, T)
-    float64; ``radius`` (n, T) float64 pixel radius; ``K``, ``R`` (n, 3, 3)
+    float64; ``radius`` (n, T) float64 pixel radius as drawn (see
+    ``DatasetSpec.radius_mode``); ``K``, ``R`` (n, 3, 3)
     and ``t`` (n, 3) float64; ``colors`` (n, 3) uint8; ``attempts`` (n,)
     int32 (1 = accepted at first draw). ``params`` is a list of per-sample
     dicts; ``rejections`` counts redrawn attempts per class name.
@@ -294,6 +295,9 @@ def generate_samples(spec, indices, videos_out=None):
         pix, depth = cam.project(pos, K, R, t)
         with np.errstate(divide="ignore", invalid="ignore"):
             rad = K[:, None, 0, 0] * spec.object_radius / depth
+            if spec.radius_mode == "constant":
+                # held at frame 0 (see DatasetSpec.radius_mode)
+                rad = np.repeat(rad[:, :1], T, axis=1)
             reach = rad + margin
             inside = ((depth > NEAR_PLANE)
                       & (pix[..., 0] - reach >= 0) & (pix[..., 0] + reach <= S)

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 
 from . import _validation as v
 
-__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
+__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES", "PRESETS"]
 
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
 #: by different algorithms never share a name.
-DATA_VERSION = 6
+DATA_VERSION = 7
 
 STYLES = ("dot", "trail")
+RADIUS_MODES = ("perspective", "constant")
 
 
 def _pair(value):
@@ -107,7 +108,16 @@ class DatasetSpec:
     background_color : (int, int, int), default=(0, 0, 0)
     object_radius : float, default=0.15
         Radius of the spherical object, metres. Its pixel radius is
-        ``f * object_radius / depth`` in every frame.
+        ``f * object_radius / depth`` in every frame (see ``radius_mode``).
+    radius_mode : {'perspective', 'constant'}, default='perspective'
+        ``'perspective'``: the pixel radius follows the depth in every
+        frame, as a real sphere's would. Then the dot's size over time (and
+        the per-frame brightness) records the depth change, which alone
+        names the class for most clips. ``'constant'``: the pixel radius is
+        held at its frame-0 value, ``f * object_radius / depth[0]``, for the
+        whole clip, which removes that cue, for benchmarks of how a model
+        reads the path's shape. Positions, pixels and depth are unchanged;
+        the stored ``radius`` is the radius drawn, and framing uses it.
     clip_seconds : float, default=1.0
         Duration of a clip, seconds (time stamps ``t_k = k * clip_seconds /
         (n_frames - 1)``).
@@ -142,6 +152,7 @@ class DatasetSpec:
     object_color: object = (255, 255, 255)
     background_color: tuple = (0, 0, 0)
     object_radius: float = 0.15
+    radius_mode: str = "perspective"
     clip_seconds: float = 1.0
     gravity: float = 9.81
     camera: CameraSpec = field(default_factory=CameraSpec)
@@ -187,6 +198,7 @@ class DatasetSpec:
         s("background_color", v.check_rgb(self.background_color, "background_color", own))
         s("object_radius", v.check_float(self.object_radius, "object_radius", own, 0.0, 2.0,
                                          closed_low=False))
+        v.check_choice(self.radius_mode, "radius_mode", own, RADIUS_MODES)
         s("clip_seconds", v.check_float(self.clip_seconds, "clip_seconds", own, 0.1, 10.0))
         s("gravity", v.check_float(self.gravity, "gravity", own, 0.0, 100.0, closed_low=False))
         cam = self.camera
@@ -216,6 +228,50 @@ class DatasetSpec:
             v.fail("splits", own, expected, splits)
         s("splits", fr)
         s("seed", v.check_int(self.seed, "seed", own, 0, 2**63 - 1))
+
+    # -------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named parameter set, with any field overridden.
+
+        Parameters
+        ----------
+        name : {'default', 'magvit', 'magvit32'}
+            * ``'default'``: the defaults (16 frames of 64x64); 16 frames
+              divide by the temporal factor 4 of a non-causal 3D tokenizer
+              such as google-research/magvit's (16-frame clips).
+            * ``'magvit'``: 17 frames of 64x64. Causal video tokenizers
+              keep frame 0 apart and compress the other ``T - 1`` frames in
+              time, so they need ``T = 1 + k * 2^m``: lucidrains
+              ``magvit2-pytorch`` ``VideoTokenizer`` (its README trains on
+              ``16 + 1`` frames; each ``compress_time`` layer halves
+              ``T - 1``) and Open-MAGVIT2 / SEED-Voken (``T ≡ 1 mod 4``,
+              17-frame clips). 64 is divisible by the 8x or 16x spatial
+              downsampling of those models.
+            * ``'magvit32'``: the same 17 frames at 32x32, for CPU-sized
+              tokenizer runs (8x spatial downsampling leaves a 4x4 grid).
+        **overrides
+            Any :class:`DatasetSpec` field, e.g. ``n_samples`` or ``seed``;
+            validated like the constructor's arguments.
+
+        Returns
+        -------
+        DatasetSpec
+
+        Examples
+        --------
+        >>> DatasetSpec.preset("magvit", n_samples=100).n_frames
+        17
+        """
+        if not isinstance(name, str) or name not in PRESETS:
+            v.fail("name", "DatasetSpec.preset",
+                   "one of {" + ", ".join(map(repr, PRESETS)) + "}", name)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"Unknown DatasetSpec parameter(s) {unknown} given to "
+                            f"DatasetSpec.preset; valid parameters are {names}.")
+        return cls(**{**PRESETS[name], **overrides})
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self):
@@ -300,3 +356,12 @@ class DatasetSpec:
 
         return np.arange(self.n_frames, dtype=np.float64) * (
             self.clip_seconds / (self.n_frames - 1))
+
+
+#: Named parameter sets of :meth:`DatasetSpec.preset` (fields that differ
+#: from the defaults).
+PRESETS = {
+    "default": {},
+    "magvit": {"n_frames": 17, "image_size": 64},
+    "magvit32": {"n_frames": 17, "image_size": 32},
+}
