@@ -231,7 +231,7 @@ BAD_MAKE = [
     (dict(chunk_size=True), TypeError,
      _msg("chunk_size", "make_trajectories", f"{INT_RANGE} [1, inf)", True)),
     (dict(spec={"n_samples": 3}), TypeError,
-     r"The 'spec' parameter of make_trajectories must be a DatasetSpec\. Got \{'n_samples': 3\}"),
+     r"The 'spec' parameter of make_trajectories must be a DatasetSpec or None\. Got \{'n_samples': 3\}"),
     (dict(spec=DatasetSpec(), n_samples=0), ValueError,
      _msg("n_samples", "make_trajectories", f"{INT_RANGE} [1, inf)", 0)),
 ]
