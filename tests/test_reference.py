@@ -112,16 +112,17 @@ def _check_camera(spec, K, R, t):
     np.testing.assert_allclose(R, [right, down, fwd], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("style", ["dot", "trail"])
-@pytest.mark.parametrize("size", [24, 32])
-def test_generator_matches_the_naive_reference(style, size):
+@pytest.mark.parametrize("style,size,radius_mode", [
+    ("dot", 24, "perspective"), ("trail", 24, "perspective"), ("dot", 32, "perspective"),
+    ("trail", 32, "perspective"), ("dot", 32, "constant"), ("trail", 24, "constant")])
+def test_generator_matches_the_naive_reference(style, size, radius_mode):
     spec = DatasetSpec(n_samples=N_PER_CLASS * len(CLASSES), n_frames=8, image_size=size,
                        style=style, object_color="random", background_color=(20, 10, 40),
-                       seed=97 + size)
+                       radius_mode=radius_mode, seed=97 + size)
     videos, labels, ann = make_trajectories(spec=spec, return_annotations=True)
     T, S = spec.n_frames, spec.image_size
     times = [k * spec.clip_seconds / (T - 1) for k in range(T)]
-    constant = getattr(spec, "radius_mode", "perspective") == "constant"
+    constant = spec.radius_mode == "constant"
     for i in range(spec.n_samples):
         rec = ann["records"][i]
         name, p = rec["class"], rec["params"]
