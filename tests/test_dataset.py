@@ -76,7 +76,6 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 
 from trajlab import verify_run  # noqa: E402
-from trajlab.storage import load_layout  # noqa: E402
 
 from _util import run_cli, tree_digest  # noqa: E402
 

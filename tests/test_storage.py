@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import trajlab
@@ -107,8 +106,8 @@ def test_preallocated_headers_are_those_numpy_writes(tmp_path):
     layout.preallocate(str(tmp_path / "run"))
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
         ref = tmp_path / f"ref-{fname}"
-        del_mm = open_memmap(ref, mode="w+", dtype=dt, shape=shape)
-        del del_mm
+        mm = open_memmap(ref, mode="w+", dtype=dt, shape=shape)
+        del mm
         assert (tmp_path / "run" / fname).read_bytes() == ref.read_bytes(), name
 
 

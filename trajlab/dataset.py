@@ -1,13 +1,19 @@
 """Reading a finished run directory: memory-mapped, verified, O(1) to open.
 
-:func:`open_dataset` refuses an incomplete dataset, checks the sizes of all
-files (a truncated file is caught at once) and returns a
-:class:`TrajectoryData` whose arrays are read-only memory maps. Checksums
-are verified lazily, one shard at a time, the first time a sample of that
-shard is read through :meth:`TrajectoryData.sample` (or the torch
-datasets); ``verify='full'`` checks everything up front and
-``verify='none'`` skips it. A corrupted shard raises
-:class:`~trajlab.storage.RunDirError`; it is never returned.
+:func:`open_dataset` refuses an incomplete dataset, checks spec.json, the
+manifest against the spec and the exact header and size of every file (a
+truncated or re-typed file is caught at once), and returns a
+:class:`TrajectoryData` whose arrays are read-only memory maps. Records, the
+manifest's counts and the checksums (arrays and annotations) are verified
+lazily, one shard at a time, the first time a sample of that shard is read
+through :meth:`TrajectoryData.sample` (or the torch datasets);
+``verify='full'`` checks everything up front and ``verify='none'`` skips
+them. A corrupted shard raises :class:`~trajlab.storage.RunDirError`; it is
+never returned.
+
+:func:`verify_run` makes the same checks on the whole run dir: it succeeds
+exactly when opening the dataset and reading every sample and annotation
+would succeed and return the recorded bytes.
 """
 
 from __future__ import annotations

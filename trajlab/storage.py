@@ -16,6 +16,17 @@ Workers write their shard's bytes straight into the preallocated files
 (``os.pwrite`` at the shard's offset) and return a small record; the
 parent alone writes records, progress and the manifest, each atomically
 (temporary file + ``os.replace``).
+
+Nothing here follows a symbolic link: files are opened with
+``O_NOFOLLOW`` (files written in place must also have a single hard link),
+temporary files are created exclusively under names that record trajlab,
+the host and the pid (:func:`temp_path`), and only such names of dead
+processes are ever cleaned up. Everything read back is checked against
+what trajlab writes: spec.json field by field (:func:`load_layout`), each
+.npy header byte for byte (:func:`check_array_file`), records
+(:func:`check_record`, :func:`record_data_problem`) and the manifest
+(:func:`check_manifest`, :func:`build_manifest`); JSON files are read with
+a size limit.
 """
 
 from __future__ import annotations
