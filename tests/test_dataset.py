@@ -356,3 +356,16 @@ def test_crafted_npy_header_gives_the_template(copy):
     with pytest.raises(RunDirError, match=r"The 'labels.npy' file of run directory .* must have "
                                           r"the header .*Got .* instead"):
         open_dataset(copy)
+
+
+def test_data_not_made_from_this_spec_json_is_refused(copy, pristine):
+    """spec.json records a hash of the first samples as generated; stored
+    samples that hash otherwise were not made from it."""
+    doc = json.loads((copy / "spec.json").read_text())
+    doc["probe_sha256"] = "ab" * 32
+    (copy / "spec.json").write_text(json.dumps(doc))
+    rep = verify_run(copy)
+    assert not rep["ok"] and any("probe_sha256" in r for _, _, r in rep["bad"])
+    assert _load_everything(copy, pristine) is False
+    with pytest.raises(RunDirError, match="probe_sha256"):
+        open_dataset(copy).video(20)

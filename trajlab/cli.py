@@ -214,7 +214,9 @@ def _cmd_verify(args):
             print(f"  shard {shard}: {reason}")
     if not args.repair or rep["layout"] is None:
         if args.repair:
-            print("Nothing can be repaired without a valid spec.json.")
+            print("Nothing was repaired: trajlab cannot use this run directory until the "
+                  "problem above is fixed (spec.json defines the dataset; links are never "
+                  "followed).")
         return 1
     from .engine import repair
 

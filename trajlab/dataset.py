@@ -26,8 +26,8 @@ from . import _validation as v
 from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
-                      open_array, parse_annotations, read_annotations_bytes, read_manifest,
-                      read_record, sha256_bytes)
+                      open_array, parse_annotations, probe_problem, read_annotations_bytes,
+                      read_manifest, read_record, sha256_bytes)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
@@ -141,7 +141,8 @@ class TrajectoryData:
         except RunDirError as exc:
             raise RunDirError(f"{self.run_dir!r} is damaged: {exc}." + _fix_hint(self.run_dir)
                               ) from None
-        problem = compare_manifest(self.manifest, expected, self.run_dir)
+        problem = compare_manifest(self.manifest, expected, self.run_dir) or \
+            probe_problem(self.doc, self.layout, self._arrays)
         if problem:
             raise RunDirError(problem + _fix_hint(self.run_dir))
         self._records = records
@@ -294,7 +295,7 @@ def verify_run(run_dir):
         bad.append((None, "run_dir", f"No dataset at {run_dir!r}: the directory does not exist."))
         return rep
     try:
-        _, layout = load_layout(run_dir)
+        doc, layout = load_layout(run_dir)
         check_managed_entries(run_dir, layout)
     except RunDirError as exc:
         bad.append((None, "spec.json" if "spec.json" in str(exc) else "run_dir", str(exc)))
@@ -328,6 +329,11 @@ def verify_run(run_dir):
             problem = f"{MANIFEST_FILE} cannot be checked: {exc}"
         if problem:
             bad.append((None, "manifest", problem))
+    if not broken and 0 in records and not any(b[0] == 0 for b in bad):
+        problem = probe_problem(doc, layout, {name: open_array(run_dir, layout, name)
+                                              for name in layout.arrays()})
+        if problem:
+            bad.append((None, "spec.json", problem))
     bad.sort(key=lambda b: (-1 if b[0] is None else b[0]))
     rep["ok"] = not bad and rep["complete"]
     return rep

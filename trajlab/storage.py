@@ -740,6 +740,29 @@ def record_data_problem(rec, layout, labels, attempts):
     return None
 
 
+#: Samples hashed into spec.json's ``probe_sha256`` (see generator.probe_digest).
+PROBE_SAMPLES = 8
+
+
+def probe_problem(doc, layout, arrays):
+    """None if the stored first samples hash to spec.json's ``probe_sha256``
+    (computed from the generator when the run started), else the reason.
+    ``arrays`` maps every array name to its stored array."""
+    from .generator import Block
+
+    recorded = doc.get("probe_sha256")
+    if recorded is None:
+        return None
+    k = min(PROBE_SAMPLES, layout.spec.n_samples)
+    h = hashlib.sha256()
+    for name in Block.ARRAYS:
+        h.update(np.ascontiguousarray(arrays[name][:k]).tobytes())
+    if h.hexdigest() != recorded:
+        return (f"the stored first {k} samples do not hash to spec.json's probe_sha256: the "
+                "data was not generated from this spec.json (or spec.json was changed)")
+    return None
+
+
 def read_record(run_dir, layout, shard):
     """A shard's completion record, or None if missing, unreadable or not a
     well-formed record of that shard."""
