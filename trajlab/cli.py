@@ -342,8 +342,9 @@ def main(argv=None):
         print(f"trajlab {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"trajlab {args.command}: interrupted; re-run the same command to resume.",
-              file=sys.stderr)
+        what = ("nothing was written (its temporary file was removed)" if args.command == "export"
+                else "re-run the same command to resume")
+        print(f"trajlab {args.command}: interrupted; {what}.", file=sys.stderr)
         return 130
 
 
