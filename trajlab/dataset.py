@@ -141,8 +141,7 @@ class TrajectoryData:
         except RunDirError as exc:
             raise RunDirError(f"{self.run_dir!r} is damaged: {exc}." + _fix_hint(self.run_dir)
                               ) from None
-        problem = compare_manifest(self.manifest, expected, self.run_dir) or \
-            probe_problem(self.doc, self.layout, self._arrays)
+        problem = compare_manifest(self.manifest, expected, self.run_dir)
         if problem:
             raise RunDirError(problem + _fix_hint(self.run_dir))
         self._records = records
@@ -166,6 +165,10 @@ class TrajectoryData:
                     f"of {self.run_dir!r}: the data is corrupted. Run `trajlab verify --repair` "
                     "then `trajlab generate` on it to regenerate the bad shards.")
         self._shard_annotations(shard, check=True)
+        if shard == 0:     # the first samples are also those spec.json's probe hashes
+            problem = probe_problem(self.doc, self.layout, self._arrays)
+            if problem:
+                raise RunDirError(problem + _fix_hint(self.run_dir))
         self._verified.add(shard)
 
     def verify(self):

@@ -141,8 +141,9 @@ def export(run_dir, output, format=None, split=None, *, force=False, compress=Fa
     # leftovers of earlier exports of this file whose process was killed
     remove_stale_temps(parent, target=os.path.basename(output))
     tmp = temp_path(os.path.abspath(output))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    try:
+    try:     # the open too: a signal right after it must not leave the file behind
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666)
         with os.fdopen(fd, "wb") as fh:
             if fmt == "npz":
                 _write_npz(fh, data, idx, video_shape, small, compress)

@@ -217,17 +217,18 @@ def write_bytes_atomic(path, data, fsync=False):
     empty file behind); the rename replaces a link at ``path`` itself, never
     its target. With ``fsync``, the file and the rename reach stable storage."""
     path = os.fspath(path)
-    for _ in range(16):
-        tmp = temp_path(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o666)
-            break
-        except FileExistsError:
-            continue
-    else:   # pragma: no cover - 16 random collisions
-        raise RunDirError(f"cannot create a temporary file next to {path!r}")
+    tmp = None
     try:
+        for _ in range(16):
+            tmp = temp_path(path)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                tmp = None       # not ours
+        else:   # pragma: no cover - 16 random collisions
+            raise RunDirError(f"cannot create a temporary file next to {path!r}")
         try:
             _write_all(fd, data)
             if fsync:
@@ -235,11 +236,14 @@ def write_bytes_atomic(path, data, fsync=False):
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        tmp = None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        # also a signal (KeyboardInterrupt) landing anywhere in between
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
@@ -758,8 +762,8 @@ def probe_problem(doc, layout, arrays):
     for name in Block.ARRAYS:
         h.update(np.ascontiguousarray(arrays[name][:k]).tobytes())
     if h.hexdigest() != recorded:
-        return (f"the stored first {k} samples do not hash to spec.json's probe_sha256: the "
-                "data was not generated from this spec.json (or spec.json was changed)")
+        return (f"The stored first {k} samples do not hash to spec.json's probe_sha256: the "
+                "data was not generated from this spec.json (or spec.json was changed).")
     return None
 
 
