@@ -37,7 +37,11 @@ Measured on real trajlab clips (``generate_block`` of the default spec) at
   zstd decode), with the page cache warm (the files were just written);
 * **concurrent writers**: two processes released by a barrier write the
   even and odd shards of one array, with zarr-python and with
-  tensorstore; the decoded array must equal the generated clips.
+  tensorstore; the decoded array must equal the generated clips;
+* with ``--s3`` instead: moto's S3 server started on a free 127.0.0.1 port
+  (and stopped): the conditional PUTs a writer lease needs, the direct
+  shard encoder writing through s3fs, zarr-python and tensorstore's S3
+  driver decoding it, random clips by ranged GET.
 
 Rates are wall-clock on a shared machine (codec rates are CPU time);
 repeat runs to see the spread. Nothing here is a pass/fail test.
@@ -48,6 +52,7 @@ Usage::
     python bench/bench_storage.py --quick    # 10x fewer clips, smoke run
     python bench/bench_storage.py --full     # the issue's 30,000 and 100,000
     python bench/bench_storage.py --dir /mnt/disk/tmp --n-jobs 2
+    python bench/bench_storage.py --s3       # object-storage check on loopback
 """
 
 from __future__ import annotations
@@ -273,7 +278,8 @@ def _ts_spec(root, name, shape_dt, shard_size):
             "index_location": "end"}}]
     else:
         codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, zstd]
-    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(root, "data", name) + "/"},
+    path = os.path.join(root, "data", name) + "/"
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path},
             "metadata": {"shape": shape, "data_type": np.dtype(dt).name, "fill_value": 0,
                          "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": outer}},
                          "chunk_key_encoding": {"name": "default",
@@ -668,6 +674,117 @@ def concurrent_check(kind, workdir):
                f"zarr.json untouched: {same_meta}"
 
 
+# ------------------------------------------------------- object storage
+def s3_check(n_clips=256, shard_size=64, budget=1.0):
+    """Against moto's S3 server on 127.0.0.1: conditional PUTs for a lease,
+    the direct shard encoder through s3fs, zarr-python and tensorstore
+    reading it, and random single-clip reads by ranged GET. Returns lines."""
+    import socket
+    import subprocess
+
+    lines = []
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION")})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    t0 = time.perf_counter()
+    srv = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import boto3
+        import botocore
+        import numcodecs
+        import s3fs
+        import zarr
+        from zarr.storage import FsspecStore
+
+        client = boto3.client("s3", endpoint_url=url)
+        for _ in range(100):   # bounded wait for the server
+            try:
+                client.list_buckets()
+                break
+            except botocore.exceptions.EndpointConnectionError:
+                time.sleep(0.2)
+        lines.append(f"moto_server on {url} answered after {time.perf_counter() - t0:.1f} s")
+        bucket = "trajlab-bench"
+        client.create_bucket(Bucket=bucket)
+
+        def refused(**kw):
+            try:
+                client.put_object(Bucket=bucket, Key="run/.lease.json", Body=b"{}", **kw)
+                return "ACCEPTED"
+            except botocore.exceptions.ClientError as exc:
+                return f"refused ({exc.response['Error']['Code']})"
+
+        etag = client.put_object(Bucket=bucket, Key="run/.lease.json", Body=b"{}",
+                                 IfNoneMatch="*")["ETag"]
+        lines.append(f"lease: create If-None-Match:* ok; again: {refused(IfNoneMatch='*')}")
+        client.put_object(Bucket=bucket, Key="run/.lease.json", Body=b'{"hb": 1}', IfMatch=etag)
+        lines.append(f"lease: renew If-Match ok; with the stale ETag: {refused(IfMatch=etag)}")
+
+        spec = _spec(n_clips, 16, 64)
+        root = f"{bucket}/run/data"
+        fs = s3fs.S3FileSystem(endpoint_url=url, key="testing", secret="testing")
+        afs = s3fs.S3FileSystem(endpoint_url=url, key="testing", secret="testing",
+                                asynchronous=True)
+        g = zarr.open_group(FsspecStore(afs, path=root), mode="w", zarr_format=3)
+        g.create_array("videos", shape=(n_clips, 16, 3, 64, 64), dtype="uint8", fill_value=0,
+                       chunks=(1, 16, 3, 64, 64), shards=(shard_size, 16, 3, 64, 64),
+                       compressors=_zarr_codec_args())
+        videos = generate_block(spec, 0, n_clips).videos
+        codec = numcodecs.Zstd(level=ZSTD_LEVEL)
+        t0 = time.perf_counter()
+        for k in range(-(-n_clips // shard_size)):
+            a, b = _shard_range(n_clips, shard_size, k)
+            fs.pipe_file(f"{root}/videos/{_chunk_key(k, 5)}",
+                         direct_shard_bytes(videos[a:b], shard_size, codec))
+        lines.append(f"direct encoder -> s3fs PUT: {n_clips / (time.perf_counter() - t0):,.0f} "
+                     "clips/s (one process)")
+        got = zarr.open_array(FsspecStore(afs, path=root + "/videos", read_only=True), mode="r")[:]
+        lines.append(f"zarr-python via s3fs decodes it equal: {np.array_equal(got, videos)}")
+        try:
+            import tensorstore as ts
+
+            t = ts.open({"driver": "zarr3", "kvstore": {
+                "driver": "s3", "bucket": bucket, "path": "run/data/videos/", "endpoint": url,
+                "aws_region": "us-east-1"}}, open=True).result()
+            lines.append(f"tensorstore S3 driver decodes it equal: "
+                         f"{np.array_equal(t[:].read().result(), videos)}")
+        except Exception as exc:   # report, do not hide, a driver failure
+            lines.append(f"tensorstore S3 driver failed: {type(exc).__name__}: {exc}"[:200])
+        # random single clips by ranged GET: shard index once per shard, then one GET per clip
+        index = {}
+        rng = np.random.default_rng(0)
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < budget:
+            i = int(rng.integers(0, n_clips))
+            k, j = divmod(i, shard_size)
+            key = f"{root}/videos/{_chunk_key(k, 5)}"
+            if k not in index:
+                size = fs.size(key)
+                raw = fs.cat_file(key, start=size - shard_size * 16 - 4, end=size)
+                index[k] = np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
+            off, n = (int(x) for x in index[k][j])
+            out = np.empty(videos.shape[1:], np.uint8)
+            codec.decode(fs.cat_file(key, start=off, end=off + n), out=out)
+            count += 1
+            if not np.array_equal(out, videos[i]):
+                lines.append(f"ranged GET read of clip {i} differs")
+                break
+        lines.append(f"random single clips by ranged GET (moto, loopback): "
+                     f"{count / (time.perf_counter() - t0):,.0f} clips/s (one process)")
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    return lines
+
+
 # --------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -678,7 +795,15 @@ def main():
     ap.add_argument("--read-seconds", type=float, default=None,
                     help="seconds per read mode and store (default 1.5, --quick 0.5)")
     ap.add_argument("--no-generate", action="store_true", help="skip the trajlab.generate row")
+    ap.add_argument("--s3", action="store_true",
+                    help="only the object-storage check, against moto_server on 127.0.0.1 "
+                         "(needs moto[server] and s3fs)")
     args = ap.parse_args()
+    if args.s3:
+        print("Object storage (moto_server on 127.0.0.1, 256 clips of 16x3x64x64, 64 per shard)")
+        for line in s3_check():
+            print("  " + line)
+        return
     if args.quick:
         configs = [(1_000, 16, 64, 128), (5_000, 8, 32, 512)]
     elif args.full:
@@ -757,7 +882,8 @@ def main():
                         row["reads"][rk] = run_reads(rk, root, n, budget, args.n_jobs)
                 shutil.rmtree(root, ignore_errors=True)
                 results.append(row)
-                extra = f", decoded (by another library) == records: {row['ok']}" if row["ok"] is not None else ""
+                extra = ("" if row["ok"] is None
+                         else f", decoded (by another library) == records: {row['ok']}")
                 print(f"  {kind:>16}: {row['seconds']:6.2f} s, {n / row['seconds']:>9,.0f} clips/s"
                       + (f", {row['disk'] / 1e6:,.1f} MB on disk" if "disk" in row else "")
                       + extra, flush=True)
