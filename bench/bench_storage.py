@@ -48,7 +48,8 @@ repeat runs to see the spread. Nothing here is a pass/fail test.
 
 Usage::
 
-    python bench/bench_storage.py            # 10,000 x 16x64^2 and 50,000 x 8x32^2 (~3 min)
+    python bench/bench_storage.py            # 5,000 x 16x64^2 and 25,000 x 8x32^2 (~3 min)
+    python bench/bench_storage.py --sizes 10000,50000 --read-seconds 1.5   # docs/STORAGE_V2.md
     python bench/bench_storage.py --quick    # 10x fewer clips, smoke run
     python bench/bench_storage.py --full     # the 30,000 and 100,000
     python bench/bench_storage.py --dir /mnt/disk/tmp --n-jobs 2
@@ -790,10 +791,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10x fewer clips, shorter reads")
     ap.add_argument("--full", action="store_true", help="the issue's sizes (30,000 and 100,000)")
+    ap.add_argument("--sizes", default=None, metavar="N16,N8",
+                    help="clips at 16x64^2 and at 8x32^2 (default 5000,25000)")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--read-seconds", type=float, default=None,
-                    help="seconds per read mode and store (default 1.5, --quick 0.5)")
+                    help="seconds per read mode and store (default 1.0, --quick 0.5)")
     ap.add_argument("--no-generate", action="store_true", help="skip the trajlab.generate row")
     ap.add_argument("--s3", action="store_true",
                     help="only the object-storage check, against moto_server on 127.0.0.1 "
@@ -808,9 +811,12 @@ def main():
         configs = [(1_000, 16, 64, 128), (5_000, 8, 32, 512)]
     elif args.full:
         configs = [(30_000, 16, 64, 512), (100_000, 8, 32, 2048)]
+    elif args.sizes:
+        n16, n8 = (int(x) for x in args.sizes.split(","))
+        configs = [(n16, 16, 64, 512), (n8, 8, 32, 2048)]
     else:
-        configs = [(10_000, 16, 64, 512), (50_000, 8, 32, 2048)]
-    budget = args.read_seconds or (0.5 if args.quick else 1.5)
+        configs = [(5_000, 16, 64, 512), (25_000, 8, 32, 2048)]
+    budget = args.read_seconds or (0.5 if args.quick else 1.0)
     n_codec = 256 if args.quick else 1024
 
     import zarr
