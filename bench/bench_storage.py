@@ -46,6 +46,10 @@ Measured on real trajlab clips (``generate_block`` of the default spec) at
 Rates are wall-clock on a shared machine (codec rates are CPU time);
 repeat runs to see the spread. Nothing here is a pass/fail test.
 
+Needs packages that are not yet dependencies of trajlab (storage v2 is not
+built yet): ``pip install 'zarr>=3' numcodecs tensorstore`` and, for
+``--s3``, ``pip install 'moto[server]' s3fs boto3``.
+
 Usage::
 
     python bench/bench_storage.py            # 5,000 x 16x64^2 and 25,000 x 8x32^2 (~3 min)
