@@ -15,20 +15,25 @@ extent of an arc or a helix, when a throw reaches its apex) and handedness.
 
 Where a clip *starts* is drawn the same way for every class: position at
 ``t = 0`` uniform in a box of half-size :data:`START_JITTER` around the
-stage centre, and every class's motion runs from there in a direction that
-is symmetric in the image (left/right, up/down, towards/away). Class
-parameters are sized so that every class travels a similar distance from
-its start. Frame 0 thus says little about the class: a classifier that sees
-only the first frame (dot position and size) stays near chance (measured
-by ``bench/probe_shortcuts.py``), where centring each path on the stage
-made every throw start low and every helix start at one end. Orientations are drawn
-relative to the camera's viewing direction so that no sample is seen
-end-on: a linear motion is never within 35 degrees of the optical axis, a
-circle's normal is within 55 degrees of it (never edge-on), a helix axis is
-within 20 degrees of world Z (the camera's elevation keeps it far from the
-optical axis) and a throw's horizontal velocity is within 45 degrees of the
-image plane. Angular speeds are capped so that a turn spans at least 6
-frames (no temporal aliasing).
+stage centre. Each class's motion runs from there, turned towards the
+stage centre (a line across the image, a circle's centre on the inner
+side, a helix rising from a low start and sinking from a high one, a throw
+thrown inwards and peaking earlier from a high start); these choices are
+symmetric, so left/right, up/down and towards/away stay equally likely,
+and they depend on the start only, which is drawn first. Class parameters
+are sized so that every class travels a similar distance from its start.
+Frame 0 thus says little about the class: a classifier that sees only the
+first frame (dot position and size) stays near chance (measured by
+``bench/probe_shortcuts.py``), where centring each path on the stage made
+every throw start low and every helix start at one end.
+
+Orientations are drawn relative to the camera's viewing direction so that
+no sample is seen end-on: a linear motion is never within 35 degrees of the
+optical axis, a circle's normal is within 55 degrees of it (never
+edge-on), a helix axis is within 20 degrees of world Z (the camera's
+elevation keeps it far from the optical axis) and a throw's horizontal
+velocity is within 45 degrees of the image plane. Angular speeds are capped
+so that a turn spans at least 6 frames (no temporal aliasing).
 """
 
 from __future__ import annotations
