@@ -54,7 +54,7 @@ def test_status_of_a_directory_without_progress(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["-n", "0"], "The 'n_samples' parameter of DatasetSpec must be an int in the range [1, inf). Got 0 instead."),
+    (["-n", "0"], "The 'n_samples' parameter of DatasetSpec must be an int in the range [1, 100000000]. Got 0 instead."),
     (["--image-size", "4"], "The 'image_size' parameter of DatasetSpec must be an int in the range [16, 1024]. Got 4 instead."),
     (["--classes", "linear,zigzag"], "'zigzag'"),
     (["--splits", "0.5,0.5,0.5"], "The 'splits' parameter of DatasetSpec"),

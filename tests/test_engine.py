@@ -627,9 +627,8 @@ def test_resume_removes_only_temporary_files_trajlab_made(fresh_run, reference):
                          r"range \[1, 100000000\]\. Got 1000000000 instead\."),
 ])
 def test_counts_have_upper_bounds(tmp_path, field, value, match):
-    spec = SMALL.replace(**{field: value})
-    with pytest.raises(ValueError, match=match):
-        generate(spec, tmp_path / "run", progress="none")
+    with pytest.raises(ValueError, match=match):       # refused by the spec itself
+        generate(SMALL.replace(**{field: value}), tmp_path / "run", progress="none")
     assert not (tmp_path / "run").exists()
 
 
@@ -757,10 +756,10 @@ def test_flags_and_intervals_are_checked(tmp_path, kwargs, exc, match):
 
 
 def test_object_colour_equal_to_background_is_refused(tmp_path):
-    spec = SMALL.replace(object_color=(10, 20, 30), background_color=(10, 20, 30))
     with pytest.raises(ValueError, match=r"The 'object_color' parameter of DatasetSpec must be "
                                          r".*different from background_color.*Got \(10, 20, 30\)"):
-        generate(spec, tmp_path / "run", progress="none")
+        generate(SMALL.replace(object_color=(10, 20, 30), background_color=(10, 20, 30)),
+                 tmp_path / "run", progress="none")
     assert not (tmp_path / "run").exists()
 
 

@@ -124,7 +124,7 @@ def test_wrong_type_fails_before_execution_with_the_template(tmp_path, name, val
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("n_frames", 1, "must be an int in the range [2, inf). Got 1 instead."),
+    ("n_frames", 1, "must be an int in the range [2, 1024]. Got 1 instead."),
     ("image_size", 2000, "must be an int in the range [16, 1024]. Got 2000 instead."),
     ("style", "dots", "must be one of {'dot', 'trail'}. Got 'dots' instead."),
 ])

@@ -20,7 +20,6 @@ __all__ = [
     "check_rgb",
     "check_index",
     "check_path",
-    "check_spec_bounds",
     "fail",
     "fail_file",
     "MAX_N_SAMPLES",
@@ -192,21 +191,3 @@ def check_path(value, name, owner):
     if not isinstance(path, str):
         fail(name, owner, "a path (str or os.PathLike)", value, TypeError)
     return path
-
-
-def check_spec_bounds(spec):
-    """Checks of a DatasetSpec that DatasetSpec itself does not make yet.
-
-    Raises with DatasetSpec as the owner, so the messages stay the same when
-    these checks move into ``DatasetSpec.__post_init__``.
-    """
-    own = "DatasetSpec"
-    check_int(spec.n_samples, "n_samples", own, 1, MAX_N_SAMPLES)
-    check_int(spec.n_frames, "n_frames", own, 2, MAX_N_FRAMES)
-    check_int(spec.image_size, "image_size", own, 16, MAX_IMAGE_SIZE)
-    if spec.object_color != "random" and tuple(spec.object_color) == tuple(spec.background_color):
-        fail("object_color", own,
-             "an (r, g, b) triple of ints in the range [0, 255] or 'random', different from "
-             f"background_color {tuple(spec.background_color)} (an object of the background's "
-             "colour is invisible)", tuple(spec.object_color))
-    return spec

@@ -184,7 +184,9 @@ def validate_dataset(run_dir, *, chunk=2048, centroid_samples=500):
         max_px_err = max(max_px_err, float(rel.max()))
         max_depth_err = max(max_depth_err, float((np.abs(cam[..., 2] - depth)
                                                   / np.abs(depth)).max()))
-        rad_want = K[:, None, 0, 0] * spec.object_radius / depth
+        # the drawn radius: f R / depth, or its frame-0 value held (radius_mode)
+        rad_depth = depth[:, :1] if spec.radius_mode == "constant" else depth
+        rad_want = K[:, None, 0, 0] * spec.object_radius / rad_depth
         max_rad_err = max(max_rad_err, float((np.abs(rad_want - rad) / rad_want).max()))
         step = np.sqrt(((pix[:, 1:] - pix[:, :-1]) ** 2).sum(-1)).mean(1)
         lab = labels[a:b]

@@ -75,9 +75,8 @@ def _spec_from_args(args):
         base["object_color"] = (args.object_color if args.object_color == "random"
                                 else _numbers(args.object_color, int, "object_color",
                                               "'random' or three comma-separated ints r,g,b"))
-    from ._validation import check_spec_bounds
 
-    return check_spec_bounds(DatasetSpec.from_dict(base))
+    return DatasetSpec.from_dict(base)
 
 
 def _numbers(text, kind, name, expected):

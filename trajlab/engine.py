@@ -121,7 +121,6 @@ def _check_args(spec, run_dir, n_jobs, shard_size, progress, fsync, verify, hear
     own = "generate"
     if not isinstance(spec, DatasetSpec):
         v.fail("spec", own, "a trajlab.DatasetSpec", spec, TypeError)
-    v.check_spec_bounds(spec)
     run_dir = os.path.abspath(v.check_path(run_dir, "run_dir", own))
     parent = os.path.dirname(run_dir)
     if not os.path.isdir(parent):

@@ -166,10 +166,10 @@ def _color(text):
 
 #: The one table of DatasetSpec parameters (defaults live on the dataclass).
 PARAMS = {p.name: p for p in (
-    Param("n_samples", _int(1), "number of clips", "--n-samples", int),
+    Param("n_samples", _int(1, v.MAX_N_SAMPLES), "number of clips", "--n-samples", int),
     Param("classes", _check_classes, "trajectory classes", "--classes", _csv(str)),
-    Param("n_frames", _int(2), "frames per clip", "--n-frames", int),
-    Param("image_size", _int(16, 1024), "height = width of the frames, pixels",
+    Param("n_frames", _int(2, v.MAX_N_FRAMES), "frames per clip", "--n-frames", int),
+    Param("image_size", _int(16, v.MAX_IMAGE_SIZE), "height = width of the frames, pixels",
           "--image-size", int),
     Param("style", _choice(STYLES), "'dot' or 'trail'", "--style", str),
     Param("trail_length", _int(2, 64), "positions drawn by the trail style", "--trail-length",
@@ -311,10 +311,15 @@ class DatasetSpec:
     seed: int = 0
 
     def __post_init__(self):
+        own = "DatasetSpec"
         for name, value in check_fields(
-                {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                "DatasetSpec").items():
+                {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, own).items():
             object.__setattr__(self, name, value)
+        if self.object_color != "random" and self.object_color == self.background_color:
+            v.fail("object_color", own,
+                   "an (r, g, b) triple of ints in the range [0, 255] or 'random', different "
+                   f"from background_color {self.background_color} (an object of the "
+                   "background's colour is invisible)", self.object_color)
 
     # -------------------------------------------------------------- presets
     @classmethod

@@ -655,7 +655,6 @@ def load_layout(run_dir):
         if not isinstance(doc.get("spec"), dict):
             v.fail("spec", own, "an object of DatasetSpec fields", doc.get("spec"), TypeError)
         spec = DatasetSpec.from_dict(doc["spec"])
-        v.check_spec_bounds(spec)
     if type(doc.get("data_version")) is not int or spec.fingerprint != doc.get("fingerprint"):
         raise RunDirError(
             f"{path!r} is inconsistent: its spec hashes to {spec.fingerprint}, but it records "
