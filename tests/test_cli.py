@@ -212,3 +212,46 @@ def test_info_does_not_print_counts_the_data_contradicts(cli_run, tmp_path):
     assert "class_counts" in proc.stdout and "manifest.json" in proc.stdout
     proc = run_cli("verify", rd)
     assert proc.returncode == 1 and "class_counts" in proc.stdout
+
+
+# ------------------------------------------------------- flags from the tables
+def test_every_flag_of_the_parameter_tables_is_offered_and_reaches_its_owner(tmp_path,
+                                                                           monkeypatch):
+    import trajlab.cli as cli
+    import trajlab.engine as eng
+    from trajlab.spec import PARAMS
+
+    seen = {}
+
+    class Done:
+        def summary(self):
+            return "ok"
+
+    monkeypatch.setattr(eng, "generate",
+                        lambda spec, run_dir, **kw: seen.update(spec=spec, kw=kw) or Done())
+    flags = {p.flag for p in {**PARAMS, **eng.GENERATE_PARAMS}.values() if p.flag}
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    assert all(f in help_text for f in flags)
+    argv = ["generate", str(tmp_path / "r"), "--trail-length", "5", "--gravity", "3.5",
+            "--background-color", "1,2,3", "--radius-mode", "constant", "-j", "2",
+            "--heartbeat", "2", "--fsync", "--shard-size", "auto"]
+    assert cli.main(argv) == 0
+    assert seen["spec"] == DatasetSpec(trail_length=5, gravity=3.5, background_color=(1, 2, 3),
+                                       radius_mode="constant")
+    assert seen["kw"] == {"n_jobs": 2, "heartbeat": 2.0, "fsync": True, "shard_size": "auto"}
+
+
+def test_a_bad_generate_parameter_in_the_table_form_exits_2(tmp_path, capsys):
+    from trajlab.cli import main
+
+    assert main(["generate", str(tmp_path / "r"), "--background-color", "1,2"]) == 2
+    assert "The 'background_color' parameter of DatasetSpec" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:      # not three ints: refused while parsing
+        main(["generate", str(tmp_path / "r"), "--background-color", "1,x,3"])
+    assert info.value.code == 2
+    assert ("The 'background_color' parameter of generate must be three comma-separated ints "
+            "r,g,b. Got '1,x,3' instead.") in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "r"), "--new", "--heartbeat", "0"]) == 2
+    assert ("The 'heartbeat' parameter of generate must be a finite float in the range "
+            "[0.1, 3600]. Got 0.0 instead.") in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -12,11 +12,51 @@ import json
 import os
 import sys
 
+from ._validation import fail
+
 __all__ = ["main", "build_parser"]
 
 
-_SPEC_ARGS = ("spec", "n_samples", "n_frames", "image_size", "style", "seed", "classes",
-              "splits", "object_color", "object_radius", "pixel_noise", "position_jitter")
+def _flagged(params):
+    return [p for p in params.values() if p.flag]
+
+
+def _parse_with(param):
+    """argparse ``type`` for a table entry: plain ``int``/``float`` keep
+    argparse's own message; other forms raise the project template."""
+    if param.text is None:
+        return param.cli
+
+    def parse(text):
+        try:
+            return param.cli(text)
+        except (ValueError, TypeError):
+            try:
+                fail(param.name, "generate", param.text, text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = param.name
+    return parse
+
+
+def _add_params(parser, params):
+    """One flag per parameter of an owner's table (``spec.PARAMS``,
+    ``engine.GENERATE_PARAMS``); every default is None (= not given), so
+    the owner's own default applies."""
+    for p in _flagged(params):
+        names = [p.short, p.flag] if p.short else [p.flag]
+        if p.cli is bool:
+            parser.add_argument(*names, dest=p.name, action="store_const", const=True,
+                                default=None, help=p.help)
+        else:
+            parser.add_argument(*names, dest=p.name, type=_parse_with(p), default=None,
+                                help=p.help)
+
+
+def _given(args, params):
+    """The parameters of a table given on the command line."""
+    return {p.name: getattr(args, p.name) for p in _flagged(params)
+            if getattr(args, p.name) is not None}
 
 
 def _read_spec_file(path):
@@ -47,7 +87,7 @@ def _read_spec_file(path):
 
 
 def _spec_from_args(args):
-    from .spec import DatasetSpec
+    from .spec import PARAMS, DatasetSpec
 
     base = {}
     if args.spec is not None:
@@ -58,61 +98,21 @@ def _spec_from_args(args):
             raise ValueError(f"The 'spec' parameter of generate must be a JSON file holding an "
                              f"object of DatasetSpec fields. Got {args.spec!r} instead, which "
                              f"holds a {type(base).__name__}.")
-    fields = {
-        "n_samples": args.n_samples, "n_frames": args.n_frames, "image_size": args.image_size,
-        "style": args.style, "seed": args.seed, "object_radius": args.object_radius,
-        "pixel_noise": args.pixel_noise, "position_jitter": args.position_jitter,
-    }
-    for key, value in fields.items():
-        if value is not None:
-            base[key] = value
-    if args.classes is not None:
-        base["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if args.splits is not None:
-        base["splits"] = _numbers(args.splits, float, "splits",
-                                  "three comma-separated fractions train,val,test")
-    if args.object_color is not None:
-        base["object_color"] = (args.object_color if args.object_color == "random"
-                                else _numbers(args.object_color, int, "object_color",
-                                              "'random' or three comma-separated ints r,g,b"))
-
+    base.update(_given(args, PARAMS))
     return DatasetSpec.from_dict(base)
 
 
-def _numbers(text, kind, name, expected):
-    try:
-        return [kind(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"The {name!r} parameter of generate must be {expected}. "
-                         f"Got {text!r} instead.") from None
-
-
 def _add_generate(sub):
+    from .engine import GENERATE_PARAMS
+    from .spec import PARAMS
+
     p = sub.add_parser("generate", help="generate (or resume) a dataset into RUN_DIR",
                        description="Generate a dataset into RUN_DIR, or resume it. Re-running "
                        "the same command resumes; a finished run is a no-op.")
     p.add_argument("run_dir")
     p.add_argument("--spec", help="JSON file with DatasetSpec fields (or a run dir's spec.json)")
-    p.add_argument("-n", "--n-samples", type=int)
-    p.add_argument("--n-frames", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--classes", help="comma-separated, e.g. linear,circular")
-    p.add_argument("--style", help="dot or trail")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--splits", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
-    p.add_argument("--object-color", help="r,g,b or 'random'")
-    p.add_argument("--object-radius", type=float)
-    p.add_argument("--pixel-noise", type=float)
-    p.add_argument("--position-jitter", type=float)
-    p.add_argument("-j", "--n-jobs", type=int, default=-1, help="workers (default: all CPUs)")
-    p.add_argument("--shard-size", default="auto", help="samples per shard (default: auto)")
-    p.add_argument("--backend", help="joblib backend (default: loky; 'dask' for a cluster)")
-    p.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--progress", default="auto", choices=["auto", "bar", "text", "none"])
-    p.add_argument("--fsync", action="store_true", help="fsync each shard (power-loss safe)")
-    p.add_argument("--verify", action="store_true",
-                   help="re-check every recorded shard before resuming; rebuild whatever is "
-                        "derivable (headers, records, shards, manifest) and say what")
+    _add_params(p, PARAMS)
+    _add_params(p, GENERATE_PARAMS)
     p.add_argument("--new", action="store_true",
                    help="start a new dataset with the default spec (without spec arguments, "
                         "RUN_DIR must already hold a spec.json: a plain resume never starts "
@@ -135,11 +135,12 @@ def _interrupt_on(*signals):
 def _cmd_generate(args):
     import signal
 
-    from .engine import generate
+    from .engine import GENERATE_PARAMS, generate
+    from .spec import PARAMS
 
     _interrupt_on(signal.SIGTERM, signal.SIGHUP)
 
-    spec_given = any(getattr(args, k) is not None for k in _SPEC_ARGS)
+    spec_given = args.spec is not None or bool(_given(args, PARAMS))
     if not spec_given and os.path.lexists(os.path.join(args.run_dir, "spec.json")):
         from .storage import load_layout
 
@@ -152,20 +153,10 @@ def _cmd_generate(args):
             "--spec FILE), or --new for the default spec.")
     else:
         spec = _spec_from_args(args)
-    shard = args.shard_size
-    if shard != "auto":
-        try:
-            shard = int(shard)
-        except ValueError:
-            from ._validation import MAX_SHARD_SIZE
-
-            raise ValueError(f"The 'shard_size' parameter of generate must be an int in the "
-                             f"range [1, {MAX_SHARD_SIZE}] or 'auto'. Got {shard!r} instead."
-                             ) from None
-    res = generate(spec, args.run_dir, n_jobs=args.n_jobs, shard_size=shard,
-                   progress=args.progress, fsync=args.fsync, verify=args.verify,
-                   backend=args.backend or ("dask" if args.scheduler else None),
-                   scheduler=args.scheduler)
+    kwargs = _given(args, GENERATE_PARAMS)
+    if args.scheduler and not args.backend:
+        kwargs["backend"] = "dask"
+    res = generate(spec, args.run_dir, **kwargs)
     print(res.summary())
     return 0
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from . import _validation as v
 from .generator import SPLITS
-from .progress import MODES, Progress, check_intervals
-from .spec import DatasetSpec
+from .progress import HEARTBEAT_RANGE, MODES, TEXT_INTERVAL_RANGE, Progress
+from .spec import DatasetSpec, Param
 from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE,
                       RunDirError, RunLayout, RunLock, _open_for_writing, _pwrite_all,
                       available_memory, build_manifest, check_array_file,
@@ -32,7 +32,8 @@ from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPE
                       is_trajlab_lock, load_layout, make_dirs, read_manifest, read_record,
                       remove_stale_temps, temp_owner, utcnow, write_json_atomic, write_shard)
 
-__all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards"]
+__all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards",
+           "GENERATE_PARAMS", "check_generate_args", "check_backend"]
 
 #: Target bytes of video per shard when ``shard_size='auto'``.
 SHARD_TARGET_BYTES = 32 * 2**20
@@ -116,8 +117,111 @@ class GenerationResult:
         return "GenerationResult(\n  " + self.summary().replace("\n", "\n  ") + "\n)"
 
 
-def _check_args(spec, run_dir, n_jobs, shard_size, progress, fsync, verify, heartbeat,
-                text_interval):
+def _check_n_jobs(value, name, owner):
+    if value is None:
+        return None
+    n = v.check_int(value, name, owner, -v.MAX_N_JOBS, v.MAX_N_JOBS)
+    if n == 0:
+        v.fail(name, owner, "a non-zero int (negative counts from the number of CPUs) or None",
+               0)
+    return n
+
+
+def _check_shard_size(value, name, owner):
+    expected = f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'"
+    if isinstance(value, str):
+        if value != "auto":
+            v.fail(name, owner, expected, value)
+        return value
+    return v.check_int(value, name, owner, 1, v.MAX_SHARD_SIZE)
+
+
+def _check_optional_str(what):
+    def check(value, name, owner):
+        if value is not None and (not isinstance(value, str) or not value):
+            v.fail(name, owner, f"{what} or None", value, TypeError)
+        return value
+    return check
+
+
+def _check_scheduler(value, name, owner):
+    # an address, a distributed.Client or None: trajlab.cluster.check_scheduler
+    # checks it when the backend is 'dask' (check_backend refuses it otherwise)
+    return value
+
+
+def _shard_text(text):
+    return text if text == "auto" else int(text)
+
+
+def _cli_choice(choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError(text)
+        return text
+    return parse
+
+
+def _float_in(low, high):
+    return lambda value, name, owner: v.check_float(value, name, owner, low, high)
+
+
+#: The one table of :func:`generate`'s own parameters (beside ``spec`` and
+#: ``run_dir``): it drives generate's checks, the notebooks' checks (which
+#: name the notebook) and the ``trajlab generate`` flags. Defaults live in
+#: generate's signature.
+GENERATE_PARAMS = {p.name: p for p in (
+    Param("n_jobs", _check_n_jobs, "workers (default: joblib.parallel_config's, else 1; "
+          "-1: all CPUs)", "--n-jobs", int, short="-j"),
+    Param("shard_size", _check_shard_size, "samples per shard (default: auto)", "--shard-size",
+          _shard_text, f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'"),
+    Param("progress", lambda value, name, owner: v.check_choice(value, name, owner, MODES),
+          "console view: auto, bar, text or none", "--progress",
+          _cli_choice(("auto", "bar", "text", "none")), "one of {'auto', 'bar', 'text', 'none'}"),
+    Param("fsync", v.check_bool, "fsync each shard (power-loss safe)", "--fsync", bool),
+    Param("verify", v.check_bool,
+          "re-check every recorded shard before resuming; rebuild whatever is derivable "
+          "(headers, records, shards, manifest) and say what", "--verify", bool),
+    Param("backend", _check_optional_str("a joblib backend name"),
+          "joblib backend (default: loky; 'dask' for a cluster)", "--backend", str),
+    Param("scheduler", _check_scheduler,
+          "dask scheduler address, e.g. tcp://10.0.0.5:8786", "--scheduler", str),
+    Param("heartbeat", _float_in(*HEARTBEAT_RANGE),
+          "maximum seconds between two writes of progress.json", "--heartbeat", float),
+    Param("text_interval", _float_in(*TEXT_INTERVAL_RANGE),
+          "seconds between plain-text progress lines", "--text-interval", float),
+)}
+
+
+def check_generate_args(values, owner="generate"):
+    """Validate and normalise :func:`generate` parameters given as a dict.
+
+    Parameters
+    ----------
+    values : dict
+        Parameter name -> value (names of :data:`GENERATE_PARAMS`); only
+        the keys present are checked. ``backend`` and ``scheduler`` are also
+        checked together (:func:`check_backend`).
+    owner : str, default='generate'
+        Named in error messages (a notebook passes its own name).
+
+    Returns
+    -------
+    dict
+        The normalised values, in the same keys.
+    """
+    out = {}
+    for name, value in values.items():
+        if name not in GENERATE_PARAMS:
+            raise TypeError(f"Unknown generate parameter {name!r} given to {owner}; valid "
+                            f"parameters are {list(GENERATE_PARAMS)}.")
+        out[name] = GENERATE_PARAMS[name].check(value, name, owner)
+    if "backend" in out or "scheduler" in out:
+        check_backend(out.get("backend"), out.get("scheduler"), owner)
+    return out
+
+
+def _check_args(spec, run_dir, params):
     own = "generate"
     if not isinstance(spec, DatasetSpec):
         v.fail("spec", own, "a trajlab.DatasetSpec", spec, TypeError)
@@ -127,20 +231,7 @@ def _check_args(spec, run_dir, n_jobs, shard_size, progress, fsync, verify, hear
         v.fail("run_dir", own, "a path whose parent directory exists", run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         v.fail("run_dir", own, "a directory path (not an existing file)", run_dir)
-    if n_jobs is not None:
-        n_jobs = v.check_int(n_jobs, "n_jobs", own, -v.MAX_N_JOBS, v.MAX_N_JOBS)
-        if n_jobs == 0:
-            v.fail("n_jobs", own, "a non-zero int (negative counts from the number of CPUs)", 0)
-    if shard_size != "auto":
-        if isinstance(shard_size, str):
-            v.fail("shard_size", own, f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'",
-                   shard_size)
-        shard_size = v.check_int(shard_size, "shard_size", own, 1, v.MAX_SHARD_SIZE)
-    v.check_choice(progress, "progress", own, MODES)
-    v.check_bool(fsync, "fsync", own)
-    v.check_bool(verify, "verify", own)
-    check_intervals(heartbeat, text_interval, own)
-    return run_dir, n_jobs, shard_size
+    return run_dir, check_generate_args(params, own)
 
 
 def _check_writable(run_dir):
@@ -440,9 +531,11 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
     then the disk space (new run dirs) and the memory the shards need, then
     a few samples are generated to check that the spec can be generated.
     """
-    run_dir, n_jobs, shard_size = _check_args(spec, run_dir, n_jobs, shard_size, progress,
-                                              fsync, verify, heartbeat, text_interval)
-    _check_backend(backend, scheduler)
+    run_dir, checked = _check_args(spec, run_dir, dict(
+        n_jobs=n_jobs, shard_size=shard_size, progress=progress, fsync=fsync, verify=verify,
+        backend=backend, scheduler=scheduler, heartbeat=heartbeat, text_interval=text_interval))
+    n_jobs, shard_size = checked["n_jobs"], checked["shard_size"]
+    heartbeat, text_interval = checked["heartbeat"], checked["text_interval"]
     doc, layout, new = _prepare(spec, run_dir, shard_size)
     t0 = time.perf_counter()
     if not new and not verify and _is_complete(run_dir, layout):
@@ -551,18 +644,21 @@ def _check_probe(run_dir, doc, spec):
             "the same numpy and C library.")
 
 
-def _check_backend(backend, scheduler):
+def check_backend(backend, scheduler, owner="generate"):
+    """Check a joblib ``backend`` name (registered with joblib) and that a
+    ``scheduler`` is only given with ``backend='dask'``; errors name
+    ``owner``."""
     from joblib import parallel
 
     known = sorted(set(parallel.BACKENDS) | set(getattr(parallel, "EXTERNAL_BACKENDS", {})))
     if backend is not None:
         if not isinstance(backend, str):
-            v.fail("backend", "generate", "a joblib backend name or None", backend, TypeError)
+            v.fail("backend", owner, "a joblib backend name or None", backend, TypeError)
         if backend not in known:
-            v.fail("backend", "generate",
+            v.fail("backend", owner,
                    "None or one of {" + ", ".join(map(repr, known)) + "}", backend)
     if scheduler is not None and backend != "dask":
-        v.fail("scheduler", "generate", "None unless backend='dask'", scheduler)
+        v.fail("scheduler", owner, "None unless backend='dask'", scheduler)
 
 
 def _check_feasible(spec):

@@ -447,25 +447,13 @@ def validate_parameters(notebook, parameters, declared=None):
 
 def _check_generate_args(merged, overrides, owner):
     """Range-check parameters that trajlab notebooks pass to
-    :func:`trajlab.generate` (n_jobs, shard_size, backend, scheduler) with
-    generate's own checks, before a kernel starts."""
-    names = {"n_jobs", "shard_size", "backend", "scheduler"}
-    if not names & set(overrides):
-        return
-    from . import _validation as v
-    from .engine import _check_backend
+    :func:`trajlab.generate` (named like its :data:`~trajlab.engine.GENERATE_PARAMS`)
+    with generate's own checks, naming the notebook, before a kernel starts."""
+    from .engine import GENERATE_PARAMS, check_generate_args
 
-    try:
-        if "n_jobs" in merged and merged["n_jobs"] is not None:
-            n = v.check_int(merged["n_jobs"], "n_jobs", "generate", -1024, 1024)
-            if n == 0:
-                v.fail("n_jobs", "generate",
-                       "a non-zero int (negative counts from the number of CPUs)", 0)
-        if merged.get("shard_size", "auto") != "auto":
-            v.check_int(merged["shard_size"], "shard_size", "generate", 1)
-        _check_backend(merged.get("backend"), merged.get("scheduler"))
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(str(exc).replace(" of generate ", f" of {owner} ")) from None
+    if not set(GENERATE_PARAMS) & set(overrides):
+        return
+    check_generate_args({k: merged[k] for k in GENERATE_PARAMS if k in merged}, owner)
 
 
 def _check_spec_fields(merged, overrides, declared, owner):
@@ -475,22 +463,12 @@ def _check_spec_fields(merged, overrides, declared, owner):
     checking them here reports a bad value (e.g. ``n_frames=1``) before a
     kernel starts, in the same template, naming the notebook.
     """
-    import dataclasses
+    from .spec import PARAMS, check_fields
 
-    from .spec import DatasetSpec
-
-    fields = {f.name for f in dataclasses.fields(DatasetSpec)}
-    if not fields & set(overrides):
+    if not set(PARAMS) & set(overrides):
         return
-    kwargs = {k: v for k, v in merged.items()
-              if k in fields and (k in overrides or declared[k]["literal"])}
-    for key in ("classes", "splits", "background_color", "object_color"):
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
-    try:
-        DatasetSpec(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(str(exc).replace(" of DatasetSpec ", f" of {owner} ")) from None
+    check_fields({k: v for k, v in merged.items()
+                  if k in PARAMS and (k in overrides or declared[k]["literal"])}, owner)
 
 
 # ---------------------------------------------------------------- execution helpers

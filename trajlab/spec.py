@@ -146,7 +146,13 @@ class Param:
     ``check(value, name, owner)`` returns the normalised value or raises with
     the project's message template naming ``owner``; ``flag`` is the
     command-line option (None: not offered as a flag; use ``--spec``) and
-    ``cli`` parses its string.
+    ``cli`` parses its string (``bool``: a switch that takes no value).
+    ``text`` describes the command-line form for the error raised when
+    ``cli`` cannot parse a string (None: argparse's own message for a plain
+    ``int``/``float``); ``short`` is an optional one-letter alias (``-n``).
+
+    Other owners (:data:`trajlab.engine.GENERATE_PARAMS`) declare their
+    parameters with the same class, so one loop builds every CLI flag.
     """
 
     name: str
@@ -154,10 +160,19 @@ class Param:
     help: str
     flag: str = None
     cli: object = None
+    text: str = None
+    short: str = None
 
 
 def _csv(parse):
-    return lambda text: tuple(parse(x) for x in text.split(",")) if text != "" else ()
+    # "" is not an empty list: float("") fails, so ``--splits ""`` gets the
+    # command-line template, not a DatasetSpec error about ()
+    return lambda text: tuple(parse(x) for x in text.split(","))
+
+
+def _names(text):
+    """Comma-separated names; blanks around and between commas are dropped."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def _color(text):
@@ -166,21 +181,25 @@ def _color(text):
 
 #: The one table of DatasetSpec parameters (defaults live on the dataclass).
 PARAMS = {p.name: p for p in (
-    Param("n_samples", _int(1, v.MAX_N_SAMPLES), "number of clips", "--n-samples", int),
-    Param("classes", _check_classes, "trajectory classes", "--classes", _csv(str)),
+    Param("n_samples", _int(1, v.MAX_N_SAMPLES), "number of clips", "--n-samples", int,
+          short="-n"),
+    Param("classes", _check_classes, "comma-separated, e.g. linear,circular", "--classes",
+          _names),
     Param("n_frames", _int(2, v.MAX_N_FRAMES), "frames per clip", "--n-frames", int),
     Param("image_size", _int(16, v.MAX_IMAGE_SIZE), "height = width of the frames, pixels",
           "--image-size", int),
-    Param("style", _choice(STYLES), "'dot' or 'trail'", "--style", str),
+    Param("style", _choice(STYLES), "dot or trail", "--style", str),
     Param("trail_length", _int(2, 64), "positions drawn by the trail style", "--trail-length",
           int),
     Param("trail_decay", _float(0.0, 1.0, closed_low=False, closed_high=False),
           "trail intensity factor per frame", "--trail-decay", float),
     Param("object_color", lambda value, name, own: v.check_rgb(value, name, own,
                                                                allow_random=True),
-          "r,g,b of the object or 'random'", "--object-color", _color),
+          "r,g,b of the object or 'random'", "--object-color", _color,
+          "'random' or three comma-separated ints r,g,b"),
     Param("background_color", lambda value, name, own: v.check_rgb(value, name, own),
-          "r,g,b of the background", "--background-color", _csv(int)),
+          "r,g,b of the background", "--background-color", _csv(int),
+          "three comma-separated ints r,g,b"),
     Param("object_radius", _float(0.0, 2.0, closed_low=False), "object radius, metres",
           "--object-radius", float),
     Param("radius_mode", _choice(RADIUS_MODES),
@@ -196,7 +215,8 @@ PARAMS = {p.name: p for p in (
           "--position-jitter", float),
     Param("pixel_noise", _float(0.0, 128.0), "std of pixel noise, 0-255 units", "--pixel-noise",
           float),
-    Param("splits", _check_splits, "train,val,test fractions", "--splits", _csv(float)),
+    Param("splits", _check_splits, "train,val,test fractions, e.g. 0.8,0.1,0.1", "--splits",
+          _csv(float), "three comma-separated fractions train,val,test"),
     Param("seed", _int(0, 2**63 - 1), "non-negative seed", "--seed", int),
 )}
 
@@ -207,7 +227,8 @@ def check_fields(values, owner):
     Parameters
     ----------
     values : dict
-        Field name -> value; only the keys present are checked.
+        Field name -> value; only the keys present are checked (and
+        ``object_color`` against ``background_color`` when both are).
     owner : str
         Named in error messages (e.g. ``'make_trajectories'`` for its own
         arguments), so each entry point reports its own parameters.
@@ -223,6 +244,12 @@ def check_fields(values, owner):
             raise TypeError(f"Unknown DatasetSpec parameter {name!r} given to {owner}; valid "
                             f"parameters are {list(PARAMS)}.")
         out[name] = PARAMS[name].check(value, name, owner)
+    color, background = out.get("object_color"), out.get("background_color")
+    if color is not None and color != "random" and color == background:
+        v.fail("object_color", owner,
+               "an (r, g, b) triple of ints in the range [0, 255] or 'random', different "
+               f"from background_color {background} (an object of the background's colour "
+               "is invisible)", color)
     return out
 
 
@@ -315,11 +342,6 @@ class DatasetSpec:
         for name, value in check_fields(
                 {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, own).items():
             object.__setattr__(self, name, value)
-        if self.object_color != "random" and self.object_color == self.background_color:
-            v.fail("object_color", own,
-                   "an (r, g, b) triple of ints in the range [0, 255] or 'random', different "
-                   f"from background_color {self.background_color} (an object of the "
-                   "background's colour is invisible)", self.object_color)
 
     # -------------------------------------------------------------- presets
     @classmethod
