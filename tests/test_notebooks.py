@@ -1,5 +1,6 @@
 """The papermill runner behind ``trajlab run`` (trajlab.notebooks)."""
 
+import ast
 import json
 import os
 import re
@@ -12,11 +13,22 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from trajlab.notebooks import (RUN_JSON, SUCCESS_FILE, cli_run, git_state, notebook_parameters,
-                               notebook_root, parse_value, run_notebook, validate_parameters)
+from trajlab.notebook_cli import cli_run
+from trajlab.notebook_params import notebook_parameters, parse_value, validate_parameters
+from trajlab.notebook_run import (RUN_JSON, SUCCESS_FILE, git_state, notebook_root,
+                                  run_notebook)
 
 REPO = Path(__file__).resolve().parents[1]
 NB01 = REPO / "notebooks" / "01_explore_trajectories.ipynb"
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+#: What makes a notebook cell more than a call of trajlab: control flow,
+#: definitions and comprehensions (they belong in the package, where they
+#: are tested). Conditional expressions count too.
+CONTROL_FLOW = (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith,
+                ast.Try, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda,
+                ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Match)
+if hasattr(ast, "TryStar"):
+    CONTROL_FLOW += (ast.TryStar,)
 RUN_NAME = re.compile(r"^\d{8}T\d{6}Z_(?P<stem>.+)_(?P<sha>[0-9a-f]{7}|nogit)(?P<dirty>-dirty)?$")
 RECORD_KEYS = {
     "schema", "notebook", "output", "run_dir", "working_directory", "command", "parameters",
@@ -165,7 +177,7 @@ def test_missing_kernel_fails_before_execution(tmp_path):
 def test_cli_keeps_text_of_str_parameters(tmp_path, monkeypatch):
     nb = _notebook(tmp_path / "s.ipynb", params="tag: str = 'a'\nn: int = 1\n")
     seen = {}
-    monkeypatch.setattr("trajlab.notebooks.run_notebook",
+    monkeypatch.setattr("trajlab.notebook_run.run_notebook",
                         lambda nb, params, **kw: seen.update(params) or
                         type("R", (), {"exit_code": 0})())
     assert cli_run([str(nb), "-p", "tag", "007", "-p", "n", "7"]) == 0
@@ -406,3 +418,49 @@ def test_killing_trajlab_run_leaves_no_process_behind(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---------------------------------------------------------------- thin notebooks
+def _control_flow(source):
+    """Names of the control-flow nodes in a cell (IPython magics blanked)."""
+    src = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln
+                    for ln in source.splitlines())
+    return [f"line {n.lineno}: {type(n).__name__}" for n in ast.walk(ast.parse(src))
+            if isinstance(n, CONTROL_FLOW)]
+
+
+def test_every_notebook_is_thin():
+    assert len(NOTEBOOKS) >= 3
+    found = {}
+    for path in NOTEBOOKS:
+        cells = [c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
+        assert len([c for c in cells if "parameters" in c.metadata.get("tags", [])]) <= 1, path
+        for k, cell in enumerate(cells):
+            bad = _control_flow(cell.source)
+            if bad:
+                found[f"{path.name} code cell {k}"] = bad
+    assert not found, found
+
+
+@pytest.mark.parametrize("source,kind", [
+    ("if x:\n    y()", "If"), ("for a in b:\n    f(a)", "For"), ("while x:\n    x -= 1", "While"),
+    ("with open(p) as fh:\n    fh.read()", "With"), ("try:\n    f()\nexcept E:\n    pass", "Try"),
+    ("def f():\n    pass", "FunctionDef"), ("class A:\n    pass", "ClassDef"),
+    ("f = lambda: 1", "Lambda"), ("[a for a in b]", "ListComp"), ("{a for a in b}", "SetComp"),
+    ("{a: 1 for a in b}", "DictComp"), ("sum(a for a in b)", "GeneratorExp"),
+    ("y = 1 if x else 2", "IfExp"), ("%matplotlib inline\nx = f(1)", None),
+])
+def test_thinness_check_flags_control_flow(source, kind):
+    found = _control_flow(source)
+    assert found == ([] if kind is None else [f"line 1: {kind}"])
+
+
+def test_notebook_setup_moves_from_notebooks_to_the_root_only(tmp_path, monkeypatch):
+    import trajlab
+
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert trajlab.notebook_setup() is None
+    assert Path.cwd() == tmp_path
+    trajlab.notebook_setup()                  # at the root: stays
+    assert Path.cwd() == tmp_path

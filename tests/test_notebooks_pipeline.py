@@ -2,7 +2,7 @@
 
 Fast tests read the notebooks (parameters, no ``def``/``class``, the stored
 outputs of the checked cells) and exercise the small helpers they use. Slow
-tests start kernels through :func:`trajlab.notebooks.run_notebook` and
+tests start kernels through :func:`trajlab.notebook_run.run_notebook` and
 ``python -m trajlab run``: 02 generates the same bytes as
 :func:`trajlab.make_trajectories`, 03 passes on it and fails (exit status 1,
 ``run.json`` failed) on a corrupted copy, and a generation killed with
@@ -30,7 +30,9 @@ from matplotlib.figure import Figure
 import trajlab
 from trajlab import DatasetSpec, generate, make_trajectories, open_dataset, plotting
 from trajlab.checks import count_table
-from trajlab.notebooks import RUN_JSON, SUCCESS_FILE, cli_run, notebook_parameters, run_notebook
+from trajlab.notebook_cli import cli_run
+from trajlab.notebook_params import notebook_parameters
+from trajlab.notebook_run import RUN_JSON, SUCCESS_FILE, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NB02 = REPO / "notebooks" / "02_generate_dataset.ipynb"
@@ -68,13 +70,7 @@ def test_notebook_is_thin_with_one_typed_parameters_cell(path):
     params = notebook_parameters(path)
     assert params and all(p["help"] for p in params.values())
     assert all(p["type"] is not None for k, p in params.items() if k != "shard_size")
-    for cell in cells:
-        src = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln
-                        for ln in cell.source.splitlines())
-        tree = ast.parse(src)
-        assert not [n for n in ast.walk(tree)
-                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-                                      ast.Lambda))], cell.source
+    # no control flow or definitions: tests/test_notebooks.py checks every notebook
     # source notebooks keep only the outputs nbval checks
     for cell in cells:
         if cell.outputs:
@@ -91,8 +87,10 @@ def test_defaults_are_ci_sized_and_03_generates_what_02_generates():
     assert d02["shard_size"] == "auto" and d02["backend"] is None and d02["scheduler"] is None
     assert d03["generate_if_missing"] is True
     # a missing default run dir made by 03 must be the dataset 02 makes, or 02 would
-    # later refuse it as a different spec
-    assert _spec_from_defaults(d03) == _spec_from_defaults(d02)
+    # later refuse it as a different spec; 03 takes it from trajlab, not from a copy
+    assert "n_samples" not in d03 and "n_frames" not in d03 and "image_size" not in d03
+    assert (DatasetSpec.preset(d03["spec_preset"], seed=d03["seed"])
+            == _spec_from_defaults(d02))
 
 
 def test_checked_outputs_of_02_and_03_match_the_default_dataset(tmp_path):
@@ -134,7 +132,10 @@ def test_checked_outputs_of_02_and_03_match_the_default_dataset(tmp_path):
     ({"n_jobs": 0}, ValueError, r"The 'n_jobs' parameter of notebook 02_generate_dataset "
                                 r"must be a non-zero int"),
     ({"shard_size": 0}, ValueError, r"The 'shard_size' parameter of notebook "
-                                    r"02_generate_dataset must be an int in the range \[1, inf\)"),
+                                    r"02_generate_dataset must be an int in the range \[1, 1048576\]"),
+    ({"shard_size": 2**21}, ValueError, r"The 'shard_size' parameter of notebook "
+                                        r"02_generate_dataset must be an int in the range "
+                                        r"\[1, 1048576\] or 'auto'\. Got 2097152 instead\."),
     ({"scheduler": "tcp://127.0.0.1:1"}, ValueError,
      r"The 'scheduler' parameter of notebook 02_generate_dataset must be None unless "
      r"backend='dask'"),

@@ -371,7 +371,7 @@ def test_presets_fit_causal_video_tokenizers():
         assert (spec.n_frames - 1) % 16 == 0 and spec.n_frames % 4 == 1
         # nothing else differs from the defaults
         assert DatasetSpec().diff(spec) == changed
-    assert sorted(PRESETS) == ["default", "magvit", "magvit32"]
+    assert sorted(PRESETS) == ["default", "magvit", "magvit32", "notebook"]
 
 
 def test_preset_overrides_are_validated_like_the_constructor():
@@ -392,5 +392,5 @@ def test_preset_overrides_are_validated_like_the_constructor():
                                        (17, "17"), (None, "None")])
 def test_unknown_preset_lists_the_valid_ones(name, got):
     with pytest.raises(ValueError, match=_msg("name", "DatasetSpec.preset",
-                                              "one of {'default', 'magvit', 'magvit32'}", got)):
+                                              "one of {'default', 'magvit', 'magvit32', 'notebook'}", got)):
         DatasetSpec.preset(name)

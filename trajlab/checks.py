@@ -68,6 +68,10 @@ class ValidationReport:
                 "<table><tr><th>result</th><th>check</th><th>value</th><th>required</th>"
                 f"<th>detail</th></tr>{rows}</table>")
 
+    def summary(self):
+        """One ``PASS name`` / ``FAIL name`` line per check, in order."""
+        return "\n".join(f"{'PASS' if c.passed else 'FAIL'} {c.name}" for c in self.checks)
+
     def raise_if_failed(self):
         if not self.passed:
             names = ", ".join(c.name for c in self.failed)

@@ -63,7 +63,7 @@ def _read_spec_file(path):
     """The object in a user's --spec file: a regular JSON file of at most
     1 MiB (``/dev/zero`` or a FIFO must not be read forever)."""
     from ._validation import MAX_JSON_BYTES
-    from .storage import RunDirError, _TooLarge, parse_json, read_bytes
+    from .storage import RunDirError, TooLargeError, parse_json, read_bytes
 
     expected = f"a JSON file of DatasetSpec fields (a regular file of at most " \
                f"{MAX_JSON_BYTES // 2**20} MiB)"
@@ -72,7 +72,7 @@ def _read_spec_file(path):
     except FileNotFoundError:
         raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
                          "instead, which does not exist.") from None
-    except _TooLarge as exc:
+    except TooLargeError as exc:
         raise ValueError(f"The 'spec' parameter of generate must be {expected}. Got {path!r} "
                          f"instead ({exc.size} bytes).") from None
     except (OSError, RunDirError) as exc:
@@ -166,7 +166,7 @@ def _cmd_status(args):
 
     if (os.path.isfile(os.path.join(args.run_dir, "run.json"))
             and not os.path.isfile(os.path.join(args.run_dir, "progress.json"))):
-        from .notebooks import read_run_status     # a `trajlab run` folder under runs/
+        from .notebook_run import read_run_status     # a `trajlab run` folder under runs/
 
         st = read_run_status(args.run_dir)
         text = (f"{args.run_dir}: {st['verdict'].upper()} ({st['reason']})\n"
@@ -316,7 +316,7 @@ def build_parser():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "run":
-        from .notebooks import cli_run
+        from .notebook_cli import cli_run
 
         return cli_run(argv[1:])
     parser = build_parser()

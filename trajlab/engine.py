@@ -14,6 +14,7 @@ flight, whatever ``n_samples`` is.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import threading
 import time
@@ -26,14 +27,14 @@ from .generator import SPLITS
 from .progress import HEARTBEAT_RANGE, MODES, TEXT_INTERVAL_RANGE, Progress
 from .spec import DatasetSpec, Param
 from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE,
-                      RunDirError, RunLayout, RunLock, _open_for_writing, _pwrite_all,
+                      RunDirError, RunLayout, RunLock, open_for_writing, pwrite_all,
                       available_memory, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest,
                       is_trajlab_lock, load_layout, make_dirs, read_manifest, read_record,
                       remove_stale_temps, temp_owner, utcnow, write_json_atomic, write_shard)
 
 __all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards",
-           "GENERATE_PARAMS", "check_generate_args", "check_backend"]
+           "GENERATE_PARAMS", "check_generate_args", "check_backend", "ensure_dataset"]
 
 #: Target bytes of video per shard when ``shard_size='auto'``.
 SHARD_TARGET_BYTES = 32 * 2**20
@@ -133,7 +134,11 @@ def _check_shard_size(value, name, owner):
         if value != "auto":
             v.fail(name, owner, expected, value)
         return value
-    return v.check_int(value, name, owner, 1, v.MAX_SHARD_SIZE)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        v.fail(name, owner, expected, value, TypeError)
+    if not 1 <= value <= v.MAX_SHARD_SIZE:
+        v.fail(name, owner, expected, int(value))
+    return int(value)
 
 
 def _check_optional_str(what):
@@ -282,13 +287,13 @@ def _repair_files(run_dir, layout):
             size = 0
             rebuilt.append(f"{fname}: created (it was missing)")
         else:
-            fd = _open_for_writing(path, os.O_RDWR)
+            fd = open_for_writing(path, os.O_RDWR)
             size = os.fstat(fd).st_size
             if size == 0:
                 rebuilt.append(f"{fname}: rebuilt (it was empty)")
         try:
             if os.pread(fd, hlen, 0) != layout.header(name):
-                _pwrite_all(fd, layout.header(name), 0)
+                pwrite_all(fd, layout.header(name), 0)
                 if size:
                     rebuilt.append(f"{fname}: header rewritten")
             if size != full:
@@ -629,6 +634,40 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
                             time.perf_counter() - t0,
                             generated / seconds if seconds > 0 and generated else None,
                             False, manifest, repaired)
+
+
+def ensure_dataset(run_dir, spec, *, create=True, progress="auto"):
+    """Generate ``spec`` into ``run_dir`` if, and only if, it does not exist.
+
+    For notebooks that read a dataset and can make a missing one (notebook
+    03): an existing ``run_dir`` is left to :func:`trajlab.open_dataset` to
+    check, whatever spec it holds.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        Missing parent folders are created.
+    spec : DatasetSpec
+        What to generate when ``run_dir`` is missing.
+    create : bool, default=True
+        False: never generate (opening the missing run dir then fails).
+    progress : str, default='auto'
+        As in :func:`generate`.
+
+    Returns
+    -------
+    GenerationResult or None
+        None when nothing was generated.
+    """
+    run_dir = v.check_path(run_dir, "run_dir", "ensure_dataset")
+    v.check_bool(create, "create", "ensure_dataset")
+    if not create or os.path.lexists(run_dir):
+        return None
+    print(f"{run_dir} does not exist: generating the dataset first")
+    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    result = generate(spec, run_dir, progress=progress)
+    print(result.summary())
+    return result
 
 
 def _check_probe(run_dir, doc, spec):

@@ -95,6 +95,16 @@ def overview(spec, class_name, sample=0, *, frames=None):
                                   frames=frames)
 
 
+def overviews(spec, sample=0, *, frames=None):
+    """:func:`overview` of each class of ``spec``, in class order.
+
+    Returns
+    -------
+    figs : list of matplotlib.figure.Figure
+    """
+    return [overview(spec, name, sample, frames=frames) for name in spec.classes]
+
+
 def _frame_png(frame, size=256):
     """PNG bytes of one (3, H, W) uint8 frame, enlarged by pixel repetition."""
     from matplotlib.image import imsave

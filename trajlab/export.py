@@ -231,7 +231,7 @@ def _write_npz(fh, data, idx, video_shape, small, compress):
 
 
 def _write_pt(fh, data, idx, video_shape, small):
-    from .torchdata import _save_export
+    from .torchdata import save_export
 
     videos = np.empty(video_shape, dtype=np.float32)
     n = 0
@@ -241,4 +241,4 @@ def _write_pt(fh, data, idx, video_shape, small):
     obj = {"videos": videos}
     for name, arr in small.items():
         obj[name] = arr.tolist() if arr.dtype.kind == "U" else arr
-    _save_export(obj, fh)        # torch.save takes an open binary file too
+    save_export(obj, fh)        # torch.save takes an open binary file too

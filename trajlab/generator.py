@@ -33,7 +33,7 @@ from . import camera as cam
 from .render import render
 from ._validation import check_int, fail
 from .spec import DatasetSpec, check_fields
-from .trajectories import N_UNIFORMS, REGISTRY, Context, _lerp
+from .trajectories import N_UNIFORMS, REGISTRY, Context, lerp
 
 __all__ = ["make_trajectories", "generate_block", "generate_samples", "probe_digest", "Block",
            "sample_rng", "labels_for", "labels_at", "splits_for", "splits_at", "split_phases",
@@ -274,10 +274,10 @@ def generate_samples(spec, indices, videos_out=None):
         U = np.stack([rngs[k].random(_N_DRAW) for k in pending])
         if spec.position_jitter > 0:
             J = np.stack([rngs[k].standard_normal((T, 3)) for k in pending])
-        eye = cam.orbit_eye(_lerp(U[:, 0], camspec.distance), _lerp(U[:, 1], camspec.azimuth_deg),
-                            _lerp(U[:, 2], camspec.elevation_deg))
+        eye = cam.orbit_eye(lerp(U[:, 0], camspec.distance), lerp(U[:, 1], camspec.azimuth_deg),
+                            lerp(U[:, 2], camspec.elevation_deg))
         R, t = cam.look_at(eye)
-        K = cam.intrinsics(S, _lerp(U[:, 3], camspec.fov_deg))
+        K = cam.intrinsics(S, lerp(U[:, 3], camspec.fov_deg))
         ok = np.zeros(pending.size, dtype=bool)
         pos = np.empty((pending.size, T, 3))
         for c, name in enumerate(spec.classes):

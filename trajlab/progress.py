@@ -28,7 +28,7 @@ import threading
 import time
 
 from . import _validation as v
-from .storage import (RunDirError, overwrite_in_place, read_json_file, utcnow,
+from .storage import (RunDirError, overwrite_in_place, pid_alive, read_json_file, utcnow,
                       write_bytes_atomic)
 
 __all__ = ["Progress", "read_status", "format_status", "MODES", "STALE_HEARTBEATS",
@@ -306,16 +306,6 @@ class Progress:
         return snap
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
-    return True
-
-
 def read_status(run_dir, stale_after=None):
     """Interpret a run dir's progress for ``trajlab status``.
 
@@ -349,7 +339,7 @@ def read_status(run_dir, stale_after=None):
     stall_after = max(STALL_AFTER, 20.0 * float(mean))
     if state == "running":
         same_host = snap.get("host") == socket.gethostname()
-        if same_host and not _pid_alive(snap.get("pid")):
+        if same_host and not pid_alive(snap.get("pid")):
             snap.update(verdict="stalled",
                         reason=f"process {snap.get('pid')} on this host is gone")
         elif age > stale_after:

@@ -350,7 +350,7 @@ class DatasetSpec:
 
         Parameters
         ----------
-        name : {'default', 'magvit', 'magvit32'}
+        name : {'default', 'magvit', 'magvit32', 'notebook'}
             * ``'default'``: the defaults (16 frames of 64x64); 16 frames
               divide by the temporal factor 4 of a non-causal 3D tokenizer
               such as google-research/magvit's (16-frame clips).
@@ -364,6 +364,9 @@ class DatasetSpec:
               downsampling of those models.
             * ``'magvit32'``: the same 17 frames at 32x32, for CPU-sized
               tokenizer runs (8x spatial downsampling leaves a 4x4 grid).
+            * ``'notebook'``: 400 clips of 8 frames of 32x32, the CI-sized
+              default dataset of notebooks 02 (its parameter defaults) and
+              03 (what it generates when its run dir is missing).
         **overrides
             Any :class:`DatasetSpec` field, e.g. ``n_samples`` or ``seed``;
             validated like the constructor's arguments.
@@ -478,4 +481,5 @@ PRESETS = {
     "default": {},
     "magvit": {"n_frames": 17, "image_size": 64},
     "magvit32": {"n_frames": 17, "image_size": 32},
+    "notebook": {"n_samples": 400, "n_frames": 8, "image_size": 32},
 }

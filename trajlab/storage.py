@@ -127,7 +127,7 @@ def open_nofollow(path, flags, mode=0o666):
     return fd
 
 
-def _open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
+def open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
     """Open a run-dir file for writing in place: no symlink, no second hard
     link (a ``cp -al`` copy, or a link to another file, would change too)."""
     fd = open_nofollow(path, flags, mode)
@@ -147,7 +147,9 @@ def _write_all(fd, data):
         view = view[n:]
 
 
-def _pwrite_all(fd, buf, offset):
+def pwrite_all(fd, buf, offset):
+    """Write all of ``buf`` at ``offset`` of ``fd`` (``os.pwrite`` may write
+    less than asked)."""
     view = memoryview(buf).cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
@@ -170,12 +172,15 @@ def temp_owner(name):
     return None if m is None else (m["base"], m["host"], int(m["pid"]))
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether process ``pid`` exists on this host (True when that cannot be
+    told: a process of another user, or a pid that is not a number, is not
+    declared dead)."""
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
+    except (PermissionError, OverflowError, ValueError, TypeError):
         return True
     return True
 
@@ -197,7 +202,7 @@ def remove_stale_temps(directory, target=None):
         owner = temp_owner(name)
         if owner is None or owner[1] != HOST or (target is not None and owner[0] != target):
             continue
-        if owner[2] == os.getpid() or _pid_alive(owner[2]):
+        if owner[2] == os.getpid() or pid_alive(owner[2]):
             continue
         path = os.path.join(directory, name)
         try:
@@ -265,7 +270,7 @@ def overwrite_in_place(path, data):
     has). Not atomic; used only for the final progress state. Returns True
     if written."""
     try:
-        fd = _open_for_writing(path)
+        fd = open_for_writing(path)
     except (OSError, RunDirError):
         return False
     try:
@@ -273,7 +278,7 @@ def overwrite_in_place(path, data):
         room = max(st.st_size, st.st_blocks * 512)
         if len(data) > room:
             return False
-        _pwrite_all(fd, data, 0)
+        pwrite_all(fd, data, 0)
         os.ftruncate(fd, len(data))
         return True
     except OSError:
@@ -292,7 +297,7 @@ def read_bytes(path, max_bytes):
     try:
         size = os.fstat(fd).st_size
         if size > max_bytes:
-            raise _TooLarge(size)
+            raise TooLargeError(size)
         chunks, n = [], 0
         while True:
             b = os.read(fd, min(1 << 20, max_bytes + 1 - n))
@@ -301,13 +306,15 @@ def read_bytes(path, max_bytes):
             chunks.append(b)
             n += len(b)
             if n > max_bytes:
-                raise _TooLarge(n)
+                raise TooLargeError(n)
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-class _TooLarge(Exception):
+class TooLargeError(Exception):
+    """A file is larger than its reader's bound (``size``: bytes found)."""
+
     def __init__(self, size):
         super().__init__(size)
         self.size = size
@@ -334,7 +341,7 @@ def read_json_file(path, run_dir, fname=None, max_bytes=v.MAX_JSON_BYTES):
     expected = f"a JSON object of at most {max_bytes // 2**20} MiB"
     try:
         raw = read_bytes(path, max_bytes)
-    except _TooLarge as exc:
+    except TooLargeError as exc:
         v.fail_file(fname, run_dir, expected, f"{exc.size} bytes", RunDirError)
     except _NotRegularError:
         v.fail_file(fname, run_dir, expected, "something that is not a regular file",
@@ -440,7 +447,7 @@ class RunLayout:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o666)
             try:
-                _pwrite_all(fd, self.header(name), 0)
+                pwrite_all(fd, self.header(name), 0)
                 os.ftruncate(fd, self.expected_size(name))
             finally:
                 os.close(fd)
@@ -487,9 +494,9 @@ def write_shard(run_dir, layout, shard, fsync=False):
         data = np.ascontiguousarray(getattr(block, name))
         buf = data.data
         checksums[name] = sha256_bytes(buf)
-        fd = _open_for_writing(os.path.join(run_dir, fname))
+        fd = open_for_writing(os.path.join(run_dir, fname))
         try:
-            _pwrite_all(fd, buf, hlen + per * start)
+            pwrite_all(fd, buf, hlen + per * start)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -587,7 +594,7 @@ def is_trajlab_lock(path):
     """True if ``path`` is a regular file holding a trajlab lock record."""
     try:
         raw = read_bytes(path, 4096)
-    except (OSError, RunDirError, _TooLarge):
+    except (OSError, RunDirError, TooLargeError):
         return False
     obj, reason = parse_json(raw)
     return (reason is None and isinstance(obj, dict) and obj.get("program") == "trajlab"
@@ -1030,7 +1037,7 @@ def read_annotations_bytes(run_dir, layout, shard):
     path = layout.annotations_path(run_dir, shard)
     try:
         return read_bytes(path, annotations_limit(layout, shard))
-    except _TooLarge as exc:
+    except TooLargeError as exc:
         raise RunDirError(f"{path!r} is damaged ({exc.size} bytes, more than trajlab "
                           "writes).") from None
     except (OSError, RunDirError) as exc:

@@ -549,6 +549,3 @@ def save_export(obj, path):
     """
     out = {k: torch.from_numpy(x) if isinstance(x, np.ndarray) else x for k, x in obj.items()}
     torch.save(out, path)
-
-
-_save_export = save_export   # the name trajlab.export imports

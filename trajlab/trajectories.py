@@ -114,7 +114,8 @@ def _band(axis, u_z, u_phi, min_angle_deg):
                                                   + _m.sin(phi)[..., None] * e2))
 
 
-def _lerp(u, lo_hi):
+def lerp(u, lo_hi):
+    """Map uniforms ``u`` in [0, 1) onto the range ``(lo, hi)``."""
     lo, hi = lo_hi
     return lo + u * (hi - lo)
 
@@ -222,7 +223,7 @@ class Linear(Trajectory):
     min_angle_to_view_deg = 35.0
 
     def params_from_uniforms(self, u, ctx):
-        speed = _lerp(u[:, 3], self.travel) / ctx.clip_seconds
+        speed = lerp(u[:, 3], self.travel) / ctx.clip_seconds
         direction = _band(ctx.view, u[:, 4], u[:, 5], self.min_angle_to_view_deg)
         p0 = _start(u)
         # head towards the stage centre (the band is symmetric, so the flip
@@ -271,12 +272,12 @@ class Circular(Trajectory):
     max_normal_angle_deg = 55.0
 
     def params_from_uniforms(self, u, ctx):
-        turns = _lerp(u[:, 4], _turns_range(self.turns, ctx.n_frames))
+        turns = lerp(u[:, 4], _turns_range(self.turns, ctx.n_frames))
         sign = np.where(u[:, 5] < 0.5, 1.0, -1.0)
         omega = sign * 2.0 * np.pi * turns / ctx.clip_seconds
         normal = _cone(-ctx.view, u[:, 7], u[:, 8], self.max_normal_angle_deg)
         a, b = _orthonormal_basis(normal)
-        radius = _lerp(u[:, 3], self.radius)
+        radius = lerp(u[:, 3], self.radius)
         p0 = _start(u)
         theta0 = _inward_phase(2.0 * np.pi * u[:, 6], a, b, p0)
         # the circle is placed so that the clip starts at the drawn start
@@ -326,7 +327,7 @@ class Helical(Trajectory):
     max_axis_tilt_deg = 20.0
 
     def params_from_uniforms(self, u, ctx):
-        turns = _lerp(u[:, 4], _turns_range(self.turns, ctx.n_frames))
+        turns = lerp(u[:, 4], _turns_range(self.turns, ctx.n_frames))
         sign = np.where(u[:, 5] < 0.5, 1.0, -1.0)
         omega = sign * 2.0 * np.pi * turns / ctx.clip_seconds
         p0 = _start(u)
@@ -335,8 +336,8 @@ class Helical(Trajectory):
         up = np.where(p0[:, 2:3] <= 0.0, 1.0, -1.0) * np.array([0.0, 0.0, 1.0])
         axis = _cone(up, u[:, 7], u[:, 8], self.max_axis_tilt_deg)
         a, b = _orthonormal_basis(axis)
-        h = _lerp(u[:, 10], self.rise) / ctx.clip_seconds
-        radius = _lerp(u[:, 3], self.radius)
+        h = lerp(u[:, 10], self.rise) / ctx.clip_seconds
+        radius = lerp(u[:, 3], self.radius)
         theta0 = _inward_phase(2.0 * np.pi * u[:, 6], a, b, p0)
         centre = p0 - radius[:, None] * (_m.cos(theta0)[:, None] * a
                                          + _m.sin(theta0)[:, None] * b)
@@ -427,20 +428,20 @@ class Parabolic(Trajectory):
         # thrown towards the stage centre, left or right (see Linear)
         side = np.where(hx * p0[:, 0] + hy * p0[:, 1] > 0.0, -1.0, 1.0)
         hx, hy = side * hx, side * hy
-        speed = _lerp(u[:, 3], self.horizontal_travel) / T
+        speed = lerp(u[:, 3], self.horizontal_travel) / T
         lo, hi = self.apex_fraction_range(ctx)
         if hi > 1.0:
             # fixed proportions of falling-only, apex and rising-only clips
             w_fall, w_apex, _ = self.regime_weights
             k = u[:, 7]
-            frac = np.where(k < w_fall, _lerp(u[:, 6], (lo, 0.0)),
-                            np.where(k < w_fall + w_apex, u[:, 6], _lerp(u[:, 6], (1.0, hi))))
+            frac = np.where(k < w_fall, lerp(u[:, 6], (lo, 0.0)),
+                            np.where(k < w_fall + w_apex, u[:, 6], lerp(u[:, 6], (1.0, hi))))
         else:
             # all throws pass the apex; a high start tends to an early apex
             # (mostly falling), a low one to a late apex (mostly rising), so
             # the throw stays in the frame wherever it starts
             low = 0.5 - 0.5 * np.clip(p0[:, 2] / START_JITTER, -1.0, 1.0)
-            frac = _lerp(0.5 * (u[:, 6] + low), (lo, hi))
+            frac = lerp(0.5 * (u[:, 6] + low), (lo, hi))
         vz = frac * g * T
         v0 = np.stack([speed * hx, speed * hy, vz], axis=-1)
         gvec = np.broadcast_to(np.array([0.0, 0.0, -g]), (n, 3)).copy()
