@@ -176,8 +176,13 @@ def test_local_workers_follow_n_jobs():
 
     from trajlab.cluster import _local_workers
 
+    import joblib
+
     assert _local_workers(3) == 3
-    assert _local_workers(-1) == _local_workers(None) == cpu_count()
+    assert _local_workers(-1) == cpu_count()
+    assert _local_workers(None) == 1          # joblib's default outside a parallel_config
+    with joblib.parallel_config(n_jobs=3):
+        assert _local_workers(None) == 3
     assert _local_workers(-1000) == 1
 
 

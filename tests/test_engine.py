@@ -814,3 +814,34 @@ def test_workers_exit_within_seconds_of_a_killed_parent(tmp_path):
         for p in [proc.pid] + workers:      # whatever is left (before the fix: the workers)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+
+
+# ------------------------------------------------------------ joblib conventions
+def test_n_jobs_none_honours_joblib_parallel_config(tmp_path, monkeypatch):
+    """Like scikit-learn: n_jobs=None (the default) takes the n_jobs of an
+    active joblib.parallel_config, and means 1 outside one."""
+    import threading
+
+    import joblib
+
+    import trajlab.engine as eng
+
+    seen = set()
+    real = eng._shard_task
+
+    def spy(*args):
+        seen.add(threading.get_ident())
+        time.sleep(0.05)          # so that every thread of the pool gets a shard
+        return real(*args)
+
+    monkeypatch.setattr(eng, "_shard_task", spy)
+    spec = DatasetSpec(n_samples=48, n_frames=4, image_size=16, seed=1)
+    with joblib.parallel_config(backend="threading", n_jobs=3):
+        generate(spec, tmp_path / "a", shard_size=4, progress="none")
+    assert len(seen) == 3
+    seen.clear()
+    generate(spec, tmp_path / "b", shard_size=4, progress="none", backend="threading")
+    assert len(seen) == 1
+    assert eng._workers(None, None, None) == 1
+    with joblib.parallel_config(n_jobs=5):
+        assert eng._workers(None, None, None) == 5

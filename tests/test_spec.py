@@ -394,3 +394,36 @@ def test_unknown_preset_lists_the_valid_ones(name, got):
     with pytest.raises(ValueError, match=_msg("name", "DatasetSpec.preset",
                                               "one of {'default', 'magvit', 'magvit32', 'notebook'}", got)):
         DatasetSpec.preset(name)
+
+
+# ------------------------------------------------------------ seed as a SeedSequence
+def test_seed_sequence_gives_the_bytes_of_its_int_entropy():
+    import numpy as np
+
+    from trajlab import make_trajectories
+
+    spec = DatasetSpec(n_samples=8, n_frames=4, image_size=16, seed=np.random.SeedSequence(5))
+    five = DatasetSpec(n_samples=8, n_frames=4, image_size=16, seed=5)
+    assert spec.seed == 5 and type(spec.seed) is int
+    assert spec == five and spec.to_json() == five.to_json()
+    assert spec.fingerprint == five.fingerprint
+    a, la = make_trajectories(spec=spec)
+    b, lb = make_trajectories(spec=five)
+    assert a.tobytes() == b.tobytes() and la.tolist() == lb.tolist()
+    assert make_trajectories(spec=DatasetSpec(n_samples=8, n_frames=4, image_size=16,
+                                              seed=6))[0].tobytes() != a.tobytes()
+
+
+@pytest.mark.parametrize("make, got", [
+    (lambda np: np.random.SeedSequence(5).spawn(1)[0], r"entropy=5, spawn_key=\(0,\)"),
+    (lambda np: np.random.SeedSequence([1, 2]), r"entropy=\[1, 2\], spawn_key=\(\)"),
+    (lambda np: np.random.SeedSequence(2**64), r"entropy=18446744073709551616"),
+])
+def test_seed_sequence_without_an_int_form_is_refused(make, got):
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"The 'seed' parameter of DatasetSpec must be an int "
+                       r"in the range \[0, 9223372036854775807\] or a numpy\.random\.SeedSequence "
+                       r"with an int entropy in that range and an empty spawn_key\. Got "
+                       r"SeedSequence\(" + got):
+        DatasetSpec(seed=make(np))

@@ -189,3 +189,19 @@ def test_bounds_are_documented_in_one_place():
     fmt = open(os.path.join(os.path.dirname(trajlab.__file__), "..", "docs", "FORMAT.md")).read()
     for text in ("100,000,000", "1,024", "1,048,576", "1,000,000"):
         assert text in fmt
+
+
+def test_import_trajlab_works_without_fcntl():
+    """fcntl exists on POSIX only: it is imported where a run dir's lock is
+    taken, so the package (specs, make_trajectories, reading) imports elsewhere."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fcntl'] = None\n"      # `import fcntl` now fails
+            "import trajlab, trajlab.cli, trajlab.notebooks, trajlab.export\n"
+            "v, y = trajlab.make_trajectories(4, n_frames=3, image_size=16)\n"
+            "print(v.shape, 'fcntl' in sys.modules and sys.modules['fcntl'] is None)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(4, 3, 3, 16, 16) True"

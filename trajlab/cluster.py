@@ -363,18 +363,16 @@ def _restore_env(saved):
 
 
 def _local_workers(n_jobs):
+    """Worker processes of a local cluster: joblib's own count, so that
+    ``None`` honours ``joblib.parallel_config(n_jobs=...)`` and -1 means all
+    CPUs, as for every other backend."""
     import joblib
 
-    cpus = joblib.cpu_count()
-    if n_jobs is None:
-        return cpus
-    if n_jobs < 0:
-        return max(1, cpus + 1 + n_jobs)
-    return int(n_jobs)
+    return max(1, joblib.effective_n_jobs(n_jobs))
 
 
 @contextlib.contextmanager
-def dask_backend(scheduler=None, n_jobs=-1, *, run_dir=None, timeout=None, dashboard=False):
+def dask_backend(scheduler=None, n_jobs=None, *, run_dir=None, timeout=None, dashboard=False):
     """Make joblib run on a dask.distributed cluster inside the ``with``.
 
     Parameters
@@ -384,9 +382,11 @@ def dask_backend(scheduler=None, n_jobs=-1, *, run_dir=None, timeout=None, dashb
         connected Client (used as is, not closed); or None to start a
         ``distributed.LocalCluster`` of worker processes on this machine
         (loopback only), for trying the dask path out; closed on exit.
-    n_jobs : int or None, default=-1
+    n_jobs : int or None, default=None
         Local cluster only: worker processes (one thread each), with joblib
-        semantics (-1 = all CPUs, -2 = all but one). On an existing cluster
+        semantics (``joblib.effective_n_jobs``: None = the active
+        ``joblib.parallel_config``'s n_jobs, else 1; -1 = all CPUs, -2 = all
+        but one). On an existing cluster
         joblib uses every worker thread and ``n_jobs`` is ignored.
     run_dir : str or os.PathLike, optional
         An existing run directory to check with :func:`check_shared_storage`

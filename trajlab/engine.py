@@ -176,8 +176,8 @@ def _float_in(low, high):
 #: name the notebook) and the ``trajlab generate`` flags. Defaults live in
 #: generate's signature.
 GENERATE_PARAMS = {p.name: p for p in (
-    Param("n_jobs", _check_n_jobs, "workers (default: joblib.parallel_config's, else 1; "
-          "-1: all CPUs)", "--n-jobs", int, short="-j"),
+    Param("n_jobs", _check_n_jobs, "workers, joblib semantics (default: 1, or the n_jobs of "
+          "an active joblib.parallel_config; -1: all CPUs)", "--n-jobs", int, short="-j"),
     Param("shard_size", _check_shard_size, "samples per shard (default: auto)", "--shard-size",
           _shard_text, f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'"),
     Param("progress", lambda value, name, owner: v.check_choice(value, name, owner, MODES),
@@ -484,7 +484,7 @@ def _backend(backend, scheduler, n_jobs, run_dir=None):
             yield
 
 
-def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fsync=False,
+def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", fsync=False,
              verify=False, backend=None, scheduler=None, heartbeat=15.0, text_interval=30.0):
     """Generate ``spec`` into ``run_dir``; resume if it is partly done.
 
@@ -498,9 +498,11 @@ def generate(spec, run_dir, *, n_jobs=-1, shard_size="auto", progress="auto", fs
         naming the differing keys. Only a folder with trajlab's spec.json,
         or an empty one, is used; trajlab's files in it must not be symbolic
         links.
-    n_jobs : int, default=-1
-        Parallel workers (joblib semantics: -1 = all CPUs), at most 1024
-        either way. ``None`` leaves it to ``joblib.parallel_config``.
+    n_jobs : int or None, default=None
+        Parallel workers, with joblib semantics: None leaves it to the
+        active ``joblib.parallel_config(n_jobs=...)`` (1 outside one, as in
+        scikit-learn), -1 = all CPUs, -2 = all but one; at most 1024 either
+        way.
     shard_size : int or 'auto', default='auto'
         Samples per shard, in [1, 1048576] (fixed when the run dir is
         created; 'auto' aims at 32 MiB of video per shard). Does not change
@@ -731,10 +733,7 @@ def _workers(n_jobs, backend, scheduler):
         return 0          # the shards are held by the cluster's workers
     if backend in ("sequential", "threading"):
         return 1 if backend == "sequential" else joblib.cpu_count()
-    cpus = joblib.cpu_count()
-    if n_jobs is None:
-        return cpus
-    return max(1, cpus + 1 + n_jobs) if n_jobs < 0 else n_jobs
+    return max(1, joblib.effective_n_jobs(n_jobs))
 
 
 def _check_memory(layout, n_jobs, backend, scheduler):

@@ -20,7 +20,6 @@ checksum-verified per shard while it is read; a corrupted run dir raises
 
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
 
@@ -29,7 +28,7 @@ import numpy as np
 from . import _validation as v
 from .dataset import open_dataset
 from .generator import SPLITS
-from .storage import RunDirError, available_memory, remove_stale_temps, temp_path
+from .storage import RunDirError, atomic_writer, available_memory, remove_stale_temps
 
 __all__ = ["export", "ExportMemoryError", "FORMATS"]
 
@@ -140,19 +139,11 @@ def export(run_dir, output, format=None, split=None, *, force=False, compress=Fa
     small = _small_arrays(data, idx)
     # leftovers of earlier exports of this file whose process was killed
     remove_stale_temps(parent, target=os.path.basename(output))
-    tmp = temp_path(os.path.abspath(output))
-    try:     # the open too: a signal right after it must not leave the file behind
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o666)
-        with os.fdopen(fd, "wb") as fh:
-            if fmt == "npz":
-                _write_npz(fh, data, idx, video_shape, small, compress)
-            else:
-                _write_pt(fh, data, idx, video_shape, small)
-        os.replace(tmp, output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with atomic_writer(os.path.abspath(output)) as fh:
+        if fmt == "npz":
+            _write_npz(fh, data, idx, video_shape, small, compress)
+        else:
+            _write_pt(fh, data, idx, video_shape, small)
     return output
 
 

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._validation import fail
-from .storage import pid_alive
+from .storage import pid_alive, write_text_atomic
 from .notebook_params import notebook_parameters, validate_parameters
 
 __all__ = ["RunResult", "run_notebook", "read_run_status", "notebook_root", "notebook_setup",
@@ -220,9 +220,7 @@ def _iso(t):
 
 
 def _write_json(path, data):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 def _check_kernel(name):
     """Fail early (no run folder) when the Jupyter kernel is not installed."""
@@ -368,9 +366,8 @@ def _finalise_notebook(output, record, root, runs_dir):
 def _write_notebook(nb, output):
     import nbformat
 
-    tmp = output.with_name(output.name + ".tmp")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, output)
+    text = nbformat.writes(nb)
+    write_text_atomic(output, text if text.endswith("\n") else text + "\n")
 
 
 def _error_summary(exc, scrub):

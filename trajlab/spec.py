@@ -127,6 +127,26 @@ def _check_splits(value, name, own):
     return fr
 
 
+def _check_seed(value, name, own):
+    """An int, or a ``numpy.random.SeedSequence`` stored as its int entropy
+    (the canonical form: specs, JSON and fingerprints hold ints only)."""
+    import numpy as np
+
+    expected = (f"an int in the range [0, {2**63 - 1}] or a numpy.random.SeedSequence with "
+                "an int entropy in that range and an empty spawn_key")
+    if isinstance(value, np.random.SeedSequence):
+        entropy = value.entropy
+        if (value.spawn_key or isinstance(entropy, bool) or not isinstance(entropy, int)
+                or not 0 <= entropy <= 2**63 - 1):
+            # a spawned child or a pool of entropy words has no int form that
+            # reproduces its streams
+            raise ValueError(f"The {name!r} parameter of {own} must be {expected}. Got "
+                             f"SeedSequence(entropy={entropy!r}, spawn_key={value.spawn_key!r})"
+                             " instead.")
+        return int(entropy)
+    return v.check_int(value, name, own, 0, 2**63 - 1)
+
+
 def _int(lo, hi=None):
     return lambda value, name, own: v.check_int(value, name, own, lo, hi)
 
@@ -217,7 +237,7 @@ PARAMS = {p.name: p for p in (
           float),
     Param("splits", _check_splits, "train,val,test fractions, e.g. 0.8,0.1,0.1", "--splits",
           _csv(float), "three comma-separated fractions train,val,test"),
-    Param("seed", _int(0, 2**63 - 1), "non-negative seed", "--seed", int),
+    Param("seed", _check_seed, "non-negative seed", "--seed", int),
 )}
 
 
@@ -311,9 +331,12 @@ class DatasetSpec:
         Standard deviation of Gaussian pixel noise, in 0-255 units.
     splits : (float, float, float), default=(0.8, 0.1, 0.1)
         Train/val/test fractions; stratified per class.
-    seed : int, default=0
+    seed : int or numpy.random.SeedSequence, default=0
         Non-negative seed; sample ``i`` uses
-        ``SeedSequence(seed, spawn_key=(i,))``.
+        ``SeedSequence(seed, spawn_key=(i,))``. A ``SeedSequence`` with an
+        empty ``spawn_key`` and an int entropy is stored as that int
+        (``DatasetSpec(seed=SeedSequence(5))`` is ``DatasetSpec(seed=5)``);
+        others are refused, as no int reproduces their streams.
     """
 
     n_samples: int = 1000

@@ -31,9 +31,9 @@ a size limit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -52,7 +52,7 @@ from . import _validation as v
 from .generator import array_layout, generate_block, probe_digest
 from .spec import DATA_VERSION, DatasetSpec
 
-__all__ = ["FORMAT_VERSION", "RunLayout", "write_json_atomic", "read_json", "RunLock",
+__all__ = ["FORMAT_VERSION", "RunLayout", "atomic_writer", "write_json_atomic", "read_json", "RunLock",
            "RunDirError", "write_shard", "sha256_bytes", "utcnow", "temp_path", "temp_owner",
            "remove_stale_temps", "check_managed_entries", "HOST"]
 
@@ -140,13 +140,6 @@ def open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
     return fd
 
 
-def _write_all(fd, data):
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def pwrite_all(fd, buf, offset):
     """Write all of ``buf`` at ``offset`` of ``fd`` (``os.pwrite`` may write
     less than asked)."""
@@ -215,12 +208,21 @@ def remove_stale_temps(directory, target=None):
     return removed
 
 
-def write_bytes_atomic(path, data, fsync=False):
-    """Write ``data`` to ``path`` through a new temporary file and
-    ``os.replace``. The temporary file is created exclusively without
-    following links, and removed if anything fails (a full disk leaves no
-    empty file behind); the rename replaces a link at ``path`` itself, never
-    its target. With ``fsync``, the file and the rename reach stable storage."""
+@contextlib.contextmanager
+def atomic_writer(path, fsync=False):
+    """The one way trajlab replaces a file: write it through a new
+    temporary file, then ``os.replace``.
+
+    Yields a binary file object open on the temporary file
+    (``.<name>.trajlab-tmp.<host>.<pid>.<hex>``, see :func:`temp_path`,
+    in ``path``'s folder), created exclusively (``O_EXCL``) without
+    following links (``O_NOFOLLOW``). When the block ends normally the file
+    is renamed over ``path``; the rename replaces a link at ``path`` itself,
+    never its target. If anything fails, also a signal (KeyboardInterrupt)
+    landing anywhere in between, the temporary file is removed (a full disk
+    leaves no empty file behind) and ``path`` is unchanged. With ``fsync``,
+    the file and the rename reach stable storage.
+    """
     path = os.fspath(path)
     tmp = None
     try:
@@ -234,16 +236,14 @@ def write_bytes_atomic(path, data, fsync=False):
                 tmp = None       # not ours
         else:   # pragma: no cover - 16 random collisions
             raise RunDirError(f"cannot create a temporary file next to {path!r}")
-        try:
-            _write_all(fd, data)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
             if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
         tmp = None
     except BaseException:
-        # also a signal (KeyboardInterrupt) landing anywhere in between
         if tmp is not None:
             try:
                 os.unlink(tmp)
@@ -254,14 +254,21 @@ def write_bytes_atomic(path, data, fsync=False):
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def write_bytes_atomic(path, data, fsync=False):
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path, fsync=fsync) as fh:
+        fh.write(data)
+
+
 def write_json_atomic(path, obj, indent=2, fsync=False):
     """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
     text = json.dumps(obj, indent=indent, sort_keys=True) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
 
 
-def write_text_atomic(path, text):
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path, text, fsync=False):
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
 
 
 def overwrite_in_place(path, data):
@@ -545,6 +552,8 @@ class RunLock:
         self._fh = None
 
     def acquire(self):
+        import fcntl    # here, not at import: trajlab imports where fcntl does not exist
+
         fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         fh = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
         try:
@@ -573,6 +582,8 @@ class RunLock:
 
     def release(self):
         if self._fh is not None:
+            import fcntl
+
             try:
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             finally:
