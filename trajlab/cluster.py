@@ -140,6 +140,14 @@ def _identity(address, timeout):
     peer that accepts TCP but never answers would make ``Client()`` wait
     forever.
     """
+    # Why not the public API alone (Client(address, timeout=...),
+    # wait_for_workers, scheduler_info()): reproduced with distributed
+    # 2026.8.0 -- a listening socket that accepts and never replies
+    # (socket.socket().bind(("127.0.0.1", 0)); .listen(); accept in a
+    # thread), then Client(f"tcp://127.0.0.1:{port}", timeout=2): no return
+    # and no exception after 40 s (killed by `timeout 40`). Client's timeout
+    # bounds the connect, not the handshake that follows it. The identity
+    # op below is bounded by wait_for and so fails within `timeout`.
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
