@@ -159,8 +159,29 @@ def test_pt_refuses_more_than_available_memory(run, tmp_path, monkeypatch):
     assert out.exists()
 
 
-def test_available_memory_is_positive():
-    assert ex.available_memory() > 0
+def test_available_memory_reads_memavailable_then_sysconf(monkeypatch):
+    import io
+
+    import trajlab.storage as storage
+
+    assert ex.available_memory is storage.available_memory
+    meminfo = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    2048 kB\n"
+    monkeypatch.setattr(storage, "open", lambda *a, **k: io.StringIO(meminfo), raising=False)
+    assert ex.available_memory() == 2048 * 1024          # MemAvailable, not MemFree/Total
+
+    def no_proc(*a, **k):
+        raise FileNotFoundError("/proc/meminfo")
+
+    monkeypatch.setattr(storage, "open", no_proc, raising=False)
+    pages = {"SC_AVPHYS_PAGES": 300, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(storage.os, "sysconf", pages.__getitem__)
+    assert ex.available_memory() == 300 * 4096           # without /proc: sysconf
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(storage.os, "sysconf", no_sysconf)
+    assert ex.available_memory() is None                 # unknown: no refusal
 
 
 # ------------------------------------------------------------ cli

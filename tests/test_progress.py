@@ -47,12 +47,41 @@ def test_heartbeat_refreshes_file_without_updates(tmp_path):
     assert st["verdict"] == "interrupted" and st["reason"] == "stopped by user"
 
 
-def test_mode_resolution(monkeypatch):
-    monkeypatch.setenv("TRAJLAB_PROGRESS", "text")
+class _Stream:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("env", [None, "bogus", "", "auto"])
+def test_mode_resolution_detects_jupyter_then_a_terminal(monkeypatch, env):
+    import trajlab.progress as progress
+
+    if env is None:
+        monkeypatch.delenv("TRAJLAB_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("TRAJLAB_PROGRESS", env)     # not a mode: detection decides
+    monkeypatch.setattr(progress, "_in_jupyter", lambda: False)
+    monkeypatch.setattr(progress.sys, "stderr", _Stream(True))
+    assert resolve_mode("auto") == "bar"
+    monkeypatch.setattr(progress.sys, "stderr", _Stream(False))
     assert resolve_mode("auto") == "text"
-    monkeypatch.setenv("TRAJLAB_PROGRESS", "bogus")
-    assert resolve_mode("auto") in ("text", "bar")   # falls back to detection
-    assert resolve_mode("none") == "none"
+    monkeypatch.setattr(progress, "_in_jupyter", lambda: True)
+    assert resolve_mode("auto") == "widget"
+    assert resolve_mode("none") == "none" and resolve_mode("bar") == "bar"
+
+
+def test_mode_resolution_follows_the_environment(monkeypatch):
+    import trajlab.progress as progress
+
+    monkeypatch.setattr(progress, "_in_jupyter", lambda: True)
+    monkeypatch.setattr(progress.sys, "stderr", _Stream(True))
+    for env, mode in (("text", "text"), ("  NONE ", "none"), ("bar", "bar")):
+        monkeypatch.setenv("TRAJLAB_PROGRESS", env)
+        assert resolve_mode("auto") == mode
+        assert resolve_mode("widget") == "widget"     # an explicit mode wins
 
 
 def _fake(tmp_path, **kw):
