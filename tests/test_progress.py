@@ -194,14 +194,34 @@ def test_final_state_is_recorded_when_the_disk_is_full(tmp_path, monkeypatch):
     from trajlab import storage
 
     p = Progress(str(tmp_path), total=10, mode="none").start()
-    real = storage._write_all
+    real = os.fdopen
 
-    def full(fd, data):
-        if ".trajlab-tmp." in os.readlink(f"/proc/self/fd/{fd}"):
+    class Full:
+        """A temporary file on a full disk: every write fails."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data)
 
-    monkeypatch.setattr(storage, "_write_all", full)
+        def flush(self):
+            self.fh.flush()
+
+        def fileno(self):
+            return self.fh.fileno()
+
+    def fdopen(fd, *args, **kwargs):
+        fh = real(fd, *args, **kwargs)
+        return Full(fh) if ".trajlab-tmp." in os.readlink(f"/proc/self/fd/{fd}") else fh
+
+    monkeypatch.setattr(storage.os, "fdopen", fdopen)
     p.close("failed", message="OSError: [Errno 28] No space left on device")
     st = read_status(str(tmp_path))
     assert st["verdict"] == "failed" and "No space left" in st["reason"]
