@@ -9,6 +9,7 @@ import pytest
 from trajlab import DatasetSpec, make_trajectories, open_dataset
 
 from _util import run_cli, snapshot
+from trajlab.storage import read_json
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +256,12 @@ def test_a_bad_generate_parameter_in_the_table_form_exits_2(tmp_path, capsys):
     assert ("The 'heartbeat' parameter of generate must be a finite float in the range "
             "[0.1, 3600]. Got 0.0 instead.") in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_command_line_uses_every_cpu_unless_j_is_given(tmp_path):
+    # no joblib.parallel_config can be active around a command: None would mean 1 worker
+    base = ["-n", 8, "--n-frames", 4, "--image-size", 16, "--shard-size", 4]
+    run_cli("generate", tmp_path / "a", *base, check=True)
+    run_cli("generate", tmp_path / "b", *base, "-j", 1, check=True)
+    assert read_json(os.path.join(tmp_path / "a", "progress.json"))["n_jobs"] == -1
+    assert read_json(os.path.join(tmp_path / "b", "progress.json"))["n_jobs"] == 1

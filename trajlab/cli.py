@@ -154,6 +154,10 @@ def _cmd_generate(args):
     else:
         spec = _spec_from_args(args)
     kwargs = _given(args, GENERATE_PARAMS)
+    # No joblib.parallel_config can be active around a command line, so None
+    # (the Python default) would always mean one worker: the command uses
+    # every CPU unless -j says otherwise.
+    kwargs.setdefault("n_jobs", -1)
     if args.scheduler and not args.backend:
         kwargs["backend"] = "dask"
     res = generate(spec, args.run_dir, **kwargs)

@@ -176,8 +176,9 @@ def _float_in(low, high):
 #: name the notebook) and the ``trajlab generate`` flags. Defaults live in
 #: generate's signature.
 GENERATE_PARAMS = {p.name: p for p in (
-    Param("n_jobs", _check_n_jobs, "workers, joblib semantics (default: 1, or the n_jobs of "
-          "an active joblib.parallel_config; -1: all CPUs)", "--n-jobs", int, short="-j"),
+    Param("n_jobs", _check_n_jobs, "workers, joblib semantics, -1: all CPUs (Python default "
+          "None: 1, or the n_jobs of an active joblib.parallel_config; the command line's "
+          "default: all CPUs)", "--n-jobs", int, short="-j"),
     Param("shard_size", _check_shard_size, "samples per shard (default: auto)", "--shard-size",
           _shard_text, f"an int in the range [1, {v.MAX_SHARD_SIZE}] or 'auto'"),
     Param("progress", lambda value, name, owner: v.check_choice(value, name, owner, MODES),
