@@ -29,7 +29,7 @@ from ._common import Split, batches, confusion_matrix, seeded, train_loop
 
 __all__ = ["ClassifyResult", "StackedFrameCNN", "MLP", "fit_classifier", "train_classifier",
            "probe_frame0", "probe_brightness", "probe_colour", "run_probes", "video_input",
-           "brightness_series", "colour_statistics"]
+           "brightness_series", "colour_statistics", "accuracies", "report", "targets"]
 
 
 @dataclass
@@ -313,3 +313,51 @@ def run_probes(train, test, *, cnn_steps=300, mlp_steps=2000, seed=0, progress=T
                                            progress=progress),
             "colour": probe_colour(train, test, n_steps=mlp_steps, seed=seed,
                                    progress=progress)}
+
+
+def accuracies(model, probes):
+    """name -> test accuracy of the model and each probe (for bar charts)."""
+    out = {model.name: model.accuracy}
+    out.update({p.name: p.accuracy for p in probes.values()})
+    return out
+
+
+def report(model, probes):
+    """Text table: test accuracy, training steps and time of each classifier."""
+    rows = [model, *probes.values()]
+    w = max(len(r.name) for r in rows)
+    lines = [f"{'classifier':<{w}}  {'accuracy':>8}  {'steps':>6}  {'train s':>7}  {'params':>9}"]
+    lines += [f"{r.name:<{w}}  {r.accuracy:>8.2%}  {r.steps:>6}  {r.train_seconds:>7.1f}  "
+              f"{r.n_params:>9,}" + ("  (stopped at the time cap)" if r.stopped_early else "")
+              for r in rows]
+    lines.append(f"chance: {1 / len(model.class_names):.0%} ({len(model.class_names)} classes); "
+                 f"test clips: {model.n_test}, train clips: {model.n_train}")
+    return "\n".join(lines)
+
+
+def targets(model, probes, *, min_accuracy, max_frame0, max_train_minutes, title=None):
+    """The pass/fail table of the classification task.
+
+    Parameters
+    ----------
+    model : ClassifyResult
+    probes : dict
+        Output of :func:`run_probes`.
+    min_accuracy : float
+        Required test accuracy of the model.
+    max_frame0 : float
+        Highest acceptable accuracy of the frame-0 probe.
+    max_train_minutes : float
+        Training time budget of the model.
+
+    Returns
+    -------
+    TargetTable
+    """
+    from ._common import TargetTable
+
+    t = TargetTable(title or "classification targets")
+    t.add("CNN test accuracy", model.accuracy, ">=", min_accuracy)
+    t.add("CNN training minutes", model.train_seconds / 60.0, "<=", max_train_minutes)
+    t.add("frame-0 probe accuracy", probes["frame 0"].accuracy, "<=", max_frame0)
+    return t

@@ -34,7 +34,8 @@ from ._common import Split, batches, seeded, train_loop
 
 __all__ = ["cut", "extrapolate", "position_errors", "PositionMLP", "train_position_model",
            "predict_positions", "FrameUNet", "train_frame_model", "predict_frames",
-           "evaluate_frames", "METHODS"]
+           "evaluate_frames", "position_forecasts", "position_report", "frame_report", "targets",
+           "METHODS"]
 
 METHODS = ("hold-last", "constant velocity", "constant acceleration")
 
@@ -350,3 +351,76 @@ def evaluate_frames(model, split):
     return {"frames": M.frame_metrics(pred, target, trivial),
             "dot": M.localisation(pred, fut_pix, bg),
             "dot_trivial": M.localisation(trivial, fut_pix, bg), "pred": pred}
+
+
+def position_forecasts(train, test, n_context, *, n_future=None, mlp_steps=3000, hidden=256,
+                       lr=2e-3, seed=0, progress=True):
+    """Every position forecaster on the test split.
+
+    Returns
+    -------
+    dict
+        ``context`` (N, c, 2) and ``future`` (N, f, 2) test pixels,
+        ``predictions`` and ``errors`` (name -> (N, f, 2) and (N, f) px)
+        for the three extrapolations and the position MLP, and ``model``.
+    """
+    ctx, fut = cut(test.pixels, n_context, n_future)
+    f = fut.shape[1]
+    preds = {m: extrapolate(ctx, f, m) for m in METHODS}
+    model = train_position_model(train, n_context, n_future=f, n_steps=mlp_steps, hidden=hidden,
+                                 lr=lr, seed=seed, progress=progress)
+    preds["position MLP"] = predict_positions(model, test)
+    return {"context": ctx, "future": fut, "predictions": preds,
+            "errors": {k: position_errors(p, fut) for k, p in preds.items()}, "model": model}
+
+
+def position_report(result, labels, class_names):
+    """Text table: mean future-position error (px) per method, overall and per class."""
+    labels = np.asarray(labels)
+    names = list(result["errors"])
+    w = max(len(n) for n in names)
+    head = f"{'method':<{w}}  {'all':>7}" + "".join(f"  {c:>10}" for c in class_names)
+    lines = ["mean error over the future frames (px), test split", head]
+    for n in names:
+        e = result["errors"][n]
+        per = [e[labels == k].mean() if (labels == k).any() else float("nan")
+               for k in range(len(class_names))]
+        lines.append(f"{n:<{w}}  {e.mean():>7.3f}" + "".join(f"  {x:>10.3f}" for x in per))
+    return "\n".join(lines)
+
+
+def frame_report(evaluation):
+    """Text table of :func:`evaluate_frames`: the U-Net beside the copied last frame."""
+    fm, d, dt = evaluation["frames"], evaluation["dot"], evaluation["dot_trivial"]
+    rows = [("PSNR (dB)", fm["psnr"], fm["psnr_trivial"]), ("SSIM", fm["ssim"], fm["ssim_trivial"]),
+            ("dot found (fraction of frames)", d["found"], dt["found"]),
+            ("dot mean error (px, where found)", d["mean_px"], dt["mean_px"]),
+            ("dot within 1 px", d["within_1px"], dt["within_1px"]),
+            ("dot within 2 px", d["within_2px"], dt["within_2px"])]
+    lines = [f"{'future frames, test split':<34}  {'U-Net':>9}  {'copy last':>9}"]
+    lines += [f"{name:<34}  {a:>9.4f}  {b:>9.4f}" for name, a, b in rows]
+    lines.append(f"PSNR gain {fm['psnr_gain']:+.2f} dB, SSIM gain {fm['ssim_gain']:+.4f}")
+    return "\n".join(lines)
+
+
+def targets(positions, frames, *, max_mlp_px, min_within_2px, title=None):
+    """The pass/fail table of the forecasting task.
+
+    Parameters
+    ----------
+    positions : dict
+        Output of :func:`position_forecasts`.
+    frames : dict
+        Output of :func:`evaluate_frames`.
+    max_mlp_px : float
+        Highest acceptable mean future-position error of the position MLP.
+    min_within_2px : float
+        Required fraction of future frames whose predicted dot is within 2 px.
+    """
+    from ._common import TargetTable
+
+    t = TargetTable(title or "forecasting targets")
+    t.add("position MLP mean error", float(positions["errors"]["position MLP"].mean()), "<=",
+          max_mlp_px, " px")
+    t.add("frame U-Net: dot within 2 px", frames["dot"]["within_2px"], ">=", min_within_2px)
+    return t

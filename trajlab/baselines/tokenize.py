@@ -35,7 +35,7 @@ from .classify import ClassifyResult, fit_classifier
 
 __all__ = ["DEFAULT_LAYERS", "make_tokenizer", "foreground_weights", "train_tokenizer",
            "TokenizerRun", "encode", "evaluate_tokenizer", "CodeCNN", "classify_codes",
-           "to_cthw"]
+           "to_cthw", "code_classification", "report", "targets"]
 
 #: Encoder layers: 32^2 -> 8^2 in space, T -> (T + 1) / 2 in time.
 DEFAULT_LAYERS = (("compress_space", 32), ("compress_space", 32), "residual",
@@ -311,3 +311,71 @@ def classify_codes(model, train_codes, train_labels, test_codes, test_labels, *,
                           test_labels, prep=prep, n_classes=n_classes, n_steps=n_steps,
                           batch_size=batch_size, lr=lr, seed=seed, progress=progress,
                           class_names=class_names)
+
+
+def code_classification(run, train, test, *, n_steps=300, seed=0, progress=True,
+                        test_codes=None):
+    """Encode both splits with a trained tokenizer and classify from its frozen codes.
+
+    Parameters
+    ----------
+    run : TokenizerRun
+    train, test : Split
+    test_codes : Tensor, optional
+        Codes of ``test`` already computed (e.g. ``evaluate_tokenizer(...)["codes"]``).
+
+    Returns
+    -------
+    ClassifyResult
+    """
+    train_codes, _ = encode(run.model, train.videos)
+    if test_codes is None:
+        test_codes, _ = encode(run.model, test.videos)
+    return classify_codes(run.model, train_codes, train.labels, test_codes, test.labels,
+                          n_classes=train.n_classes, n_steps=n_steps, seed=seed,
+                          progress=progress, class_names=train.class_names)
+
+
+def report(runs, evaluations, code_results):
+    """Text table comparing tokenizers (name -> run, evaluation, code classifier)."""
+    names = list(runs)
+    rows = [
+        ("training steps", lambda n: f"{runs[n].steps}"),
+        ("training minutes", lambda n: f"{runs[n].seconds / 60:.1f}"),
+        ("train recon MSE (last 20 steps)", lambda n: f"{np.mean(runs[n].recon_mse[-20:]):.5f}"),
+        ("test PSNR (dB)", lambda n: f"{evaluations[n]['frames']['psnr']:.2f}"),
+        ("  background-only PSNR (dB)", lambda n: f"{evaluations[n]['frames']['psnr_trivial']:.2f}"),
+        ("  PSNR gain (dB)", lambda n: f"{evaluations[n]['frames']['psnr_gain']:+.2f}"),
+        ("test SSIM", lambda n: f"{evaluations[n]['frames']['ssim']:.4f}"),
+        ("  background-only SSIM", lambda n: f"{evaluations[n]['frames']['ssim_trivial']:.4f}"),
+        ("decoded intensity on dot pixels", lambda n: f"{evaluations[n]['dot_pixel_mean']:.3f}"),
+        ("frames with a decoded dot", lambda n: f"{evaluations[n]['dot']['found']:.2%}"),
+        ("dot mean error (px, where found)", lambda n: f"{evaluations[n]['dot']['mean_px']:.3f}"),
+        ("dot within 1 px", lambda n: f"{evaluations[n]['dot']['within_1px']:.2%}"),
+        ("dot within 2 px", lambda n: f"{evaluations[n]['dot']['within_2px']:.2%}"),
+        ("codes used", lambda n: f"{evaluations[n]['codebook']['used']}/"
+                                 f"{evaluations[n]['codebook']['codebook_size']}"),
+        ("codebook utilisation", lambda n: f"{evaluations[n]['codebook']['utilisation']:.1%}"),
+        ("code perplexity", lambda n: f"{evaluations[n]['codebook']['perplexity']:.1f}"),
+        ("classification from frozen codes", lambda n: f"{code_results[n].accuracy:.2%}"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    cw = max(12, *(len(n) for n in names))
+    lines = [f"{'test split':<{w}}" + "".join(f"  {n:>{cw}}" for n in names)]
+    lines += [f"{label:<{w}}" + "".join(f"  {fn(n):>{cw}}" for n in names) for label, fn in rows]
+    return "\n".join(lines)
+
+
+def targets(run, evaluation, code_result, *, min_within_1px, min_psnr_gain, min_utilisation,
+            min_code_accuracy, max_train_minutes, title=None):
+    """The pass/fail table of the tokenizer task (for one tokenizer)."""
+    from ._common import TargetTable
+
+    t = TargetTable(title or f"tokenizer targets ({run.loss} loss)")
+    t.add("decoded dot within 1 px", evaluation["dot"]["within_1px"], ">=", min_within_1px)
+    t.add("PSNR gain over background", evaluation["frames"]["psnr_gain"], ">=", min_psnr_gain,
+          " dB")
+    t.add("codebook utilisation", evaluation["codebook"]["utilisation"], ">=", min_utilisation)
+    t.add("classification from frozen codes", code_result.accuracy, ">=", min_code_accuracy)
+    t.add("training minutes", run.seconds / 60.0, "<=", max_train_minutes)
+    return t
