@@ -48,6 +48,9 @@ def test_load_split_from_memory_and_from_a_run_dir_agree(tiny, tmp_path):
     np.testing.assert_array_equal(disk.videos, test.videos)
     np.testing.assert_array_equal(disk.radius, test.radius)
     assert disk.class_names == test.class_names and len(train.head(5)) == 5
+    light = load_split(tmp_path / "run", "test", videos=False, max_samples=2)
+    assert light.videos is None and light.image_size == 16 and light.n_frames == 6
+    np.testing.assert_array_equal(light.pixels, test.pixels[:2])
 
 
 def test_load_split_bad_input():
@@ -133,6 +136,11 @@ def test_classifier_rejects_mismatched_splits(tiny):
     with pytest.raises(TypeError, match=r"The 'train' parameter of train_classifier must be a "
                                         r"Split"):
         C.train_classifier(train.videos, other, n_steps=1, progress=False)
+    light = load_split(make_trajectories(8, n_frames=6, image_size=16, return_annotations=True),
+                       None, videos=False)
+    with pytest.raises(ValueError, match=r"The 'test' parameter of train_classifier must be a "
+                                         r"Split with its clips"):
+        C.train_classifier(train, light, n_steps=1, progress=False)
 
 
 # -------------------------------------------------------------- forecast
@@ -269,6 +277,6 @@ def test_tokenizer_bad_parameters(tok_data):
                                          r"be a power of 2"):
         K.make_tokenizer(16, codebook_size=100)
     even = Split(train.videos[:, :4], train.labels, train.pixels[:, :4], train.radius[:, :4],
-                 train.indices, train.class_names)
+                 train.indices, train.class_names, train.image_size)
     with pytest.raises(ValueError, match=r"odd number of frames"):
         K.train_tokenizer(even, n_steps=1)

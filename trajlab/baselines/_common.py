@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .. import _validation as v
 from ..generator import SPLITS
 
-__all__ = ["Split", "load_split", "seeded", "torch_threads", "batches", "train_loop",
+__all__ = ["Split", "load_split", "require_videos", "seeded", "torch_threads", "batches", "train_loop",
            "TargetTable", "confusion_matrix"]
 
 
@@ -25,7 +25,8 @@ class Split:
 
     Attributes
     ----------
-    videos : ndarray of shape (n, T, 3, H, W), uint8
+    videos : ndarray of shape (n, T, 3, H, W), uint8, or None
+        None when loaded with ``videos=False`` (positions only).
     labels : ndarray of shape (n,), int64
     pixels : ndarray of shape (n, T, 2), float64
         Stored sub-pixel dot centres ``(u, v)``.
@@ -34,6 +35,7 @@ class Split:
     indices : ndarray of shape (n,), int64
         Sample indices in the dataset.
     class_names : tuple of str
+    image_size : int
     name : str
         The split's name.
     """
@@ -44,6 +46,7 @@ class Split:
     radius: np.ndarray
     indices: np.ndarray
     class_names: tuple
+    image_size: int
     name: str = "all"
 
     def __len__(self):
@@ -51,11 +54,7 @@ class Split:
 
     @property
     def n_frames(self):
-        return self.videos.shape[1]
-
-    @property
-    def image_size(self):
-        return self.videos.shape[-1]
+        return self.pixels.shape[1]
 
     @property
     def n_classes(self):
@@ -65,11 +64,12 @@ class Split:
         """The first ``n`` samples (all if ``n`` is None or larger)."""
         if n is None or n >= len(self):
             return self
-        return Split(self.videos[:n], self.labels[:n], self.pixels[:n], self.radius[:n],
-                     self.indices[:n], self.class_names, self.name)
+        return Split(None if self.videos is None else self.videos[:n], self.labels[:n],
+                     self.pixels[:n], self.radius[:n], self.indices[:n], self.class_names,
+                     self.image_size, self.name)
 
 
-def load_split(source, split, *, max_samples=None):
+def load_split(source, split, *, max_samples=None, videos=True):
     """Read one split of a dataset into memory.
 
     Parameters
@@ -81,6 +81,9 @@ def load_split(source, split, *, max_samples=None):
     split : {'train', 'val', 'test'} or None
     max_samples : int, optional
         Keep only the first ``max_samples`` of the split.
+    videos : bool, default=True
+        False: leave the clips on disk (``Split.videos`` is None), for
+        models of positions only.
 
     Returns
     -------
@@ -93,21 +96,22 @@ def load_split(source, split, *, max_samples=None):
     if max_samples is not None:
         v.check_int(max_samples, "max_samples", own, 1)
     if isinstance(source, (str, os.PathLike)):
+        # checksums are checked once, up front: the arrays are read whole
         source = open_dataset(source, verify="full")
     if isinstance(source, TrajectoryData):
         idx = source.indices(split)[:max_samples]
-        arrays = {k: np.asarray(getattr(source, k)[idx]) for k in
-                  ("videos", "labels", "pixels", "radius")}
-        names = tuple(source.class_names)
+        arrays = {k: np.asarray(getattr(source, k)[idx]) for k in ("labels", "pixels", "radius")}
+        arrays["videos"] = np.asarray(source.videos[idx]) if videos else None
+        names, size = tuple(source.class_names), source.spec.image_size
     elif isinstance(source, tuple) and len(source) == 3 and isinstance(source[2], dict):
-        videos, labels, ann = source
+        clips, labels, ann = source
         codes = np.asarray(ann["splits"])
         idx = (np.arange(len(labels)) if split is None
                else np.flatnonzero(codes == SPLITS.index(split)))[:max_samples]
-        arrays = {"videos": np.asarray(videos[idx]), "labels": np.asarray(labels[idx]),
-                  "pixels": np.asarray(ann["pixels"][idx]),
+        arrays = {"videos": np.asarray(clips[idx]) if videos else None,
+                  "labels": np.asarray(labels[idx]), "pixels": np.asarray(ann["pixels"][idx]),
                   "radius": np.asarray(ann["radius"][idx])}
-        names = tuple(ann["spec"].classes)
+        names, size = tuple(ann["spec"].classes), ann["spec"].image_size
     else:
         v.fail("source", own, "a run dir, a TrajectoryData or the (videos, labels, annotations) "
                "of make_trajectories(..., return_annotations=True)", type(source).__name__,
@@ -116,8 +120,19 @@ def load_split(source, split, *, max_samples=None):
         raise ValueError(f"The 'split' parameter of {own} must select at least one sample. "
                          f"Got {split!r} instead (it holds none).")
     return Split(arrays["videos"], arrays["labels"].astype(np.int64), arrays["pixels"],
-                 arrays["radius"], np.asarray(idx, dtype=np.int64), names,
+                 arrays["radius"], np.asarray(idx, dtype=np.int64), names, int(size),
                  "all" if split is None else split)
+
+
+def require_videos(split, name, owner):
+    """Raise if ``split`` is not a :class:`Split` with its clips loaded."""
+    if not isinstance(split, Split):
+        v.fail(name, owner, "a Split (see trajlab.baselines.load_split)", type(split).__name__,
+               TypeError)
+    if split.videos is None:
+        v.fail(name, owner, "a Split with its clips (load_split(..., videos=True))",
+               "a Split loaded with videos=False")
+    return split
 
 
 @contextlib.contextmanager

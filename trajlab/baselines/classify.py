@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from ._common import Split, batches, confusion_matrix, seeded, train_loop
+from ._common import batches, confusion_matrix, require_videos, seeded, train_loop
 
 __all__ = ["ClassifyResult", "StackedFrameCNN", "MLP", "fit_classifier", "train_classifier",
            "probe_frame0", "probe_brightness", "probe_colour", "run_probes", "video_input",
@@ -230,10 +230,8 @@ def fit_classifier(name, make_net, x_train, y_train, x_test, y_test, *, prep, n_
 
 
 def _check_splits(train, test, owner):
-    for name, s in (("train", train), ("test", test)):
-        if not isinstance(s, Split):
-            v.fail(name, owner, "a Split (see trajlab.baselines.load_split)", type(s).__name__,
-                   TypeError)
+    require_videos(train, "train", owner)
+    require_videos(test, "test", owner)
     if train.videos.shape[1:] != test.videos.shape[1:]:
         raise ValueError(f"The 'test' parameter of {owner} must hold clips of the train shape "
                          f"{train.videos.shape[1:]}. Got {test.videos.shape[1:]} instead.")

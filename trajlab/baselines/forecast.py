@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import _validation as v
 from .. import metrics as M
-from ._common import Split, batches, seeded, train_loop
+from ._common import Split, batches, require_videos, seeded, train_loop
 
 __all__ = ["cut", "extrapolate", "position_errors", "PositionMLP", "train_position_model",
            "predict_positions", "FrameUNet", "train_frame_model", "predict_frames",
@@ -288,8 +288,7 @@ def train_frame_model(train, n_context, *, n_future=None, n_steps=500, batch_siz
     """
     from .tokenize import foreground_weights
 
-    if not isinstance(train, Split):
-        v.fail("train", "train_frame_model", "a Split", type(train).__name__, TypeError)
+    require_videos(train, "train", "train_frame_model")
     T = train.n_frames
     n_context = v.check_int(n_context, "n_context", "train_frame_model", 1, T - 1)
     f = T - n_context if n_future is None else n_future
@@ -341,6 +340,7 @@ def evaluate_frames(model, split):
         of the predicted dot against the true future pixels), ``dot_trivial``
         (the same for the copied last frame), ``pred`` (N, f, 3, H, W).
     """
+    require_videos(split, "split", "evaluate_frames")
     c, f = model.n_context, model.n_future
     ctx_v, fut_v = cut(split.videos, c, f)
     _, fut_pix = cut(split.pixels, c, f)

@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import _validation as v
 from .. import metrics as M
-from ._common import Split, batches, seeded, train_loop
+from ._common import batches, require_videos, seeded, train_loop
 from .classify import ClassifyResult, fit_classifier
 
 __all__ = ["DEFAULT_LAYERS", "make_tokenizer", "foreground_weights", "train_tokenizer",
@@ -177,8 +177,7 @@ def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=1e-
     TokenizerRun
     """
     own = "train_tokenizer"
-    if not isinstance(train, Split):
-        v.fail("train", own, "a Split", type(train).__name__, TypeError)
+    require_videos(train, "train", own)
     v.check_choice(loss, "loss", own, LOSSES)
     n_steps = v.check_int(n_steps, "n_steps", own, 1)
     batch_size = v.check_int(batch_size, "batch_size", own, 1)
@@ -263,6 +262,7 @@ def evaluate_tokenizer(model, split, *, codebook_size):
         (mean decoded intensity on the true dot's pixels, truth near 1 for
         a white dot), ``codes`` and ``recon``.
     """
+    require_videos(split, "split", "evaluate_tokenizer")
     codes, recon = encode(model, split.videos)
     target = M.as_float(split.videos)
     bg = M.background(split.videos)
