@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trajlab-installed
+# magvit2-pytorch imports torchvision (transforms, VGG16 definitions) at import
+# time. torchvision 0.16.2 is the newest whose Python code imports beside the
+# CPU build of torch 2.13 (newer ones register fake kernels for C ops that do
+# not load); its compiled ops stay unused. Both go in with --no-deps so that
+# pip keeps the CPU torch; their other requirements are the [magvit] extra.
+MAGVIT_NODEPS := magvit2-pytorch==0.5.1 torchvision==0.16.2
 
 .PHONY: setup run test test-fast browser-deps bench clean
 
@@ -12,11 +18,12 @@ setup: $(STAMP)
 
 # torch is pinned to the CPU build for the test set-up; the package itself
 # accepts a range (pyproject.toml is the single source of dependencies).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MAGVIT_NODEPS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

@@ -335,3 +335,21 @@ def test_bytes_do_not_depend_on_the_cpus_simd_features():
     scalar = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, check=True).stdout
     assert plain.strip() and plain == scalar
+
+
+@pytest.mark.parametrize("style", ["dot", "trail"])
+def test_generate_samples_in_any_order_equals_the_block(style):
+    from trajlab.generator import Block, generate_samples
+
+    spec = DatasetSpec(n_samples=64, n_frames=9, image_size=24, style=style,
+                       object_color="random", pixel_noise=2.0, position_jitter=0.01, seed=21)
+    ref = generate_block(spec, 0, 64)
+    order = [63, 5, 6, 7, 0, 33, 5, 12, 62, 1]          # scattered, a run, a repeat
+    got = generate_samples(spec, order)
+    np.testing.assert_array_equal(got.indices, order)
+    for name in Block.ARRAYS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name)[order], err_msg=name)
+    assert [r["index"] for r in got.annotations(spec)] == order
+    assert got.annotations(spec)[1] == ref.annotations(spec)[5]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        generate_samples(spec, [3, -1])

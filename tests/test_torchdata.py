@@ -290,3 +290,241 @@ def test_bad_arguments(run, kwargs, exc, match):
 def test_bad_root_type():
     with pytest.raises(TypeError, match="The 'root' parameter of TrajectoryVideoDataset"):
         TrajectoryVideoDataset(42)
+
+
+# ------------------------------------------------------- view options
+from trajlab.torchdata import (FIELDS, LAYOUTS, VALUE_RANGES, OnTheFlyForecastDataset,  # noqa: E402
+                               OnTheFlyVideoDataset)
+
+# Axis orders written out by hand from the raw (T, 3, H, W) bytes.
+_AXES = {"TCHW": (0, 1, 2, 3), "CTHW": (1, 0, 2, 3), "THWC": (0, 2, 3, 1)}
+
+
+def _expected_video(raw, layout, value_range):
+    x = np.transpose(raw, _AXES[layout])
+    if value_range == "uint8":
+        return x
+    lo, hi = value_range
+    return lo + (hi - lo) * x.astype(np.float64) / 255.0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("value_range", VALUE_RANGES)
+@pytest.mark.parametrize("item", ["pair", "video", "dict"])
+def test_every_view_matches_the_raw_bytes(run, layout, value_range, item):
+    ds = TrajectoryVideoDataset(run["dir"], split=None, layout=layout,
+                                value_range=value_range, item=item)
+    shape = {"TCHW": (T, 3, S, S), "CTHW": (3, T, S, S), "THWC": (T, S, S, 3)}[layout]
+    for i in (0, 9, N - 1):
+        got = ds[i]
+        if item == "pair":
+            video, label = got
+            assert label == run["labels"][i]
+        elif item == "dict":
+            assert set(got) == {"video", "label"}
+            video, label = got["video"], got["label"]
+            assert label == run["labels"][i]
+        else:
+            video = got
+            assert isinstance(video, torch.Tensor)
+        assert tuple(video.shape) == shape and video.is_contiguous()
+        want = _expected_video(run["videos"][i], layout, value_range)
+        if value_range == "uint8":
+            assert video.dtype == torch.uint8
+            np.testing.assert_array_equal(video.numpy(), want)
+        else:
+            assert video.dtype == torch.float32
+            np.testing.assert_allclose(video.numpy(), want, rtol=0, atol=1e-6)
+            # the ends of the range are hit exactly (background 0, white dot 255)
+            raw = np.transpose(run["videos"][i], _AXES[layout])
+            assert (video.numpy()[raw == 0] == value_range[0]).all()
+            assert (video.numpy()[raw == 255] == value_range[1]).all()
+
+
+def test_value_range_spellings_and_dtype_alias(run):
+    a = TrajectoryVideoDataset(run["dir"], split=None, value_range=[-1.0, 1.0], item="video")
+    b = TrajectoryVideoDataset(run["dir"], split=None, value_range=(-1, 1), item="video")
+    assert a.value_range == (-1, 1) and torch.equal(a[3], b[3])
+    c = TrajectoryVideoDataset(run["dir"], split=None, dtype="uint8", item="video")
+    assert c.value_range == "uint8" and c[3].dtype == torch.uint8
+    with pytest.raises(ValueError, match="The 'dtype' parameter of TrajectoryVideoDataset"):
+        TrajectoryVideoDataset(run["dir"], dtype="uint8", value_range=(0, 1))
+
+
+def test_dict_items_carry_the_requested_ground_truth(run):
+    ds = TrajectoryVideoDataset(run["dir"], split="test", item="dict", fields=FIELDS,
+                                value_range="uint8")
+    ann = run["ann"]
+    for k in range(len(ds)):
+        d = ds[k]
+        i = int(ds.indices[k])
+        assert d["index"] == i and d["label"] == run["labels"][i]
+        assert d["split"] == SPLITS.index("test")
+        np.testing.assert_array_equal(d["video"].numpy(), run["videos"][i])
+        for name in ("pixels", "positions", "depth", "radius", "K", "R", "t"):
+            assert d[name].dtype == torch.float32
+            np.testing.assert_array_equal(d[name].numpy(), ann[name][i].astype(np.float32))
+        assert d["colors"].dtype == torch.uint8
+        np.testing.assert_array_equal(d["colors"].numpy(), ann["colors"][i])
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert batch["pixels"].shape == (3, T, 2) and batch["video"].shape == (3, T, 3, S, S)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"layout": "NCHW"}, ValueError, "The 'layout' parameter of TrajectoryVideoDataset must be "
+     "one of {'TCHW', 'CTHW', 'THWC'}. Got 'NCHW' instead."),
+    ({"value_range": (0, 255)}, ValueError, "The 'value_range' parameter of "
+     "TrajectoryVideoDataset must be one of {(0, 1), (-1, 1), 'uint8'}. Got (0, 255) instead."),
+    ({"value_range": "float"}, ValueError, "'value_range' parameter"),
+    ({"item": "tuple"}, ValueError, "The 'item' parameter of TrajectoryVideoDataset must be one "
+     "of {'pair', 'video', 'dict'}. Got 'tuple' instead."),
+    ({"item": "dict", "fields": ("pixel",)}, ValueError, "The 'fields' parameter of "
+     "TrajectoryVideoDataset must be one of {'pixels', "),
+    ({"fields": ("pixels",)}, ValueError, "'fields' parameter of TrajectoryVideoDataset must be "
+     "empty unless item='dict'"),
+    ({"item": "dict", "fields": 3}, TypeError, "'fields' parameter"),
+    ({"transform": 3}, TypeError, "The 'transform' parameter of TrajectoryVideoDataset must be "
+     "a callable or None. Got 3 instead."),
+])
+def test_bad_view_options(run, kwargs, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        TrajectoryVideoDataset(run["dir"], **kwargs)
+
+
+@pytest.mark.parametrize("bad", [1.5, "3", None])
+def test_non_integer_index_raises(run, bad):
+    ds = TrajectoryVideoDataset(run["dir"], split=None)
+    with pytest.raises(TypeError, match="indices must be integers"):
+        ds[bad]
+    assert torch.equal(ds[np.int64(2)][0], ds[2][0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forecast_layouts_cut_along_time(run, layout):
+    ds = TrajectoryForecastDataset(run["dir"], split=None, n_context=3, layout=layout,
+                                   value_range="uint8")
+    d = ds[11]
+    raw = run["videos"][11]
+    np.testing.assert_array_equal(d["context"].numpy(), np.transpose(raw[:3], _AXES[layout]))
+    np.testing.assert_array_equal(d["future"].numpy(), np.transpose(raw[3:], _AXES[layout]))
+
+
+# ------------------------------------------------------------ on the fly
+@pytest.fixture(scope="session")
+def trail_run(tmp_path_factory):
+    spec = trajlab.DatasetSpec(n_samples=30, n_frames=9, image_size=24, style="trail",
+                               object_color="random", classes=("helical", "parabolic", "linear"),
+                               splits=(0.6, 0.2, 0.2), seed=12)
+    run_dir = tmp_path_factory.mktemp("trail") / "run"
+    trajlab.generate(spec, run_dir, n_jobs=1, shard_size=7, progress="none")
+    return {"dir": str(run_dir), "spec": spec}
+
+
+def _assert_items_equal(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_items_equal(a[k], b[k])
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_items_equal(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("which", ["dot", "trail"])
+@pytest.mark.parametrize("split", SPLITS + (None,))
+def test_on_the_fly_items_are_the_stored_samples(run, trail_run, which, split):
+    r = run if which == "dot" else trail_run
+    kw = dict(item="dict", fields=FIELDS, value_range="uint8")
+    stored = TrajectoryVideoDataset(r["dir"], split=split, **kw)
+    fly = OnTheFlyVideoDataset(r["spec"], split=split, **kw)
+    assert len(fly) == len(stored) > 0
+    for k in range(len(fly)):
+        _assert_items_equal(fly[k], stored[k])
+    _assert_items_equal(fly[-1], stored[-1])
+
+
+def test_on_the_fly_with_worker_processes_matches_stored(trail_run):
+    stored = TrajectoryVideoDataset(trail_run["dir"], split="train", layout="CTHW",
+                                    value_range=(-1, 1), item="dict", fields=("pixels",))
+    fly = OnTheFlyVideoDataset(trail_run["spec"], split="train", layout="CTHW",
+                               value_range=(-1, 1), item="dict", fields=("pixels",))
+    ref = list(DataLoader(stored, batch_size=4, num_workers=0))
+    got = list(DataLoader(fly, batch_size=4, num_workers=2))
+    assert len(got) == len(ref) == -(-len(stored) // 4)
+    for a, b in zip(ref, got):
+        _assert_items_equal(a, b)
+
+
+def test_on_the_fly_batches_any_index_order(trail_run):
+    fly = OnTheFlyVideoDataset(trail_run["spec"], split=None, value_range="uint8")
+    order = [5, 6, 7, 2, 29, 6, 0, 1, 28]          # runs, a repeat, both ends
+    batch = fly.__getitems__(order)
+    for k, item in zip(order, batch):
+        _assert_items_equal(item, fly[k])
+
+
+def test_on_the_fly_forecast_matches_stored(run):
+    stored = TrajectoryForecastDataset(run["dir"], split="val", n_context=5, layout="THWC")
+    fly = OnTheFlyForecastDataset(run["spec"], split="val", n_context=5, layout="THWC")
+    assert len(fly) == len(stored)
+    for k in range(len(fly)):
+        _assert_items_equal(fly[k], stored[k])
+
+
+def test_on_the_fly_spans_2_to_the_40(run):
+    from trajlab.generator import splits_for
+
+    n = 2 ** 40
+    every = OnTheFlyVideoDataset(run["spec"], split=None, n_samples=n, value_range="uint8",
+                                 item="dict", fields=("index",))
+    assert len(every) == n
+    assert every[-1]["index"] == n - 1 and every[n - 1]["index"] == n - 1
+    train = OnTheFlyVideoDataset(run["spec"], split="train", n_samples=n, item="dict",
+                                 fields=("index", "split"))
+    # about 80 % of 2**40, exactly as many as the stratified sequences give
+    assert abs(len(train) - 0.8 * n) <= 4
+    for k in (len(train) - 1, len(train) // 3, 12345678901):
+        d = train[k]
+        assert d["split"] == 0 and splits_for(run["spec"], d["index"], d["index"] + 1)[0] == 0
+    with pytest.raises(IndexError, match="out of range"):
+        every[n]
+    with pytest.raises(IndexError, match="out of range"):
+        every[-n - 1]
+    loader = DataLoader(every, batch_size=4, num_workers=0, sampler=torch.utils.data.RandomSampler(
+        every, replacement=True, num_samples=8, generator=torch.Generator().manual_seed(0)))
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0]["video"].shape == (4, T, 3, S, S)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"spec": {"n_samples": 3}}, TypeError, "The 'spec' parameter of OnTheFlyVideoDataset must "
+     "be a trajlab.DatasetSpec."),
+    ({"n_samples": 0}, ValueError, "The 'n_samples' parameter of OnTheFlyVideoDataset must be "
+     "an int in the range [1, 281474976710656]. Got 0 instead."),
+    ({"n_samples": 2 ** 48 + 1}, ValueError, "'n_samples' parameter of OnTheFlyVideoDataset"),
+    ({"n_samples": 10.0}, TypeError, "'n_samples' parameter of OnTheFlyVideoDataset"),
+    ({"split": "eval"}, ValueError, "The 'split' parameter of OnTheFlyVideoDataset must be one "
+     "of {'train', 'val', 'test', None}. Got 'eval' instead."),
+    ({"layout": "HWC"}, ValueError, "The 'layout' parameter of OnTheFlyVideoDataset"),
+])
+def test_on_the_fly_bad_arguments(run, kwargs, exc, match):
+    kwargs = {"spec": run["spec"], **kwargs}
+    with pytest.raises(exc, match=re.escape(match)):
+        OnTheFlyVideoDataset(**kwargs)
+
+
+def test_on_the_fly_repr_and_pickle(run):
+    fly = OnTheFlyVideoDataset(run["spec"], split="val", layout="CTHW", value_range=(-1, 1))
+    text = repr(fly)
+    assert "Dataset OnTheFlyVideoDataset" in text and "Split: val" in text
+    assert f"(3, {T}, {S}, {S}) float32 in [-1, 1], layout CTHW" in text
+    assert f"samples 0..{N - 1} of the spec" in text
+    blob = pickle.dumps(fly)
+    assert len(blob) < 5_000
+    _assert_items_equal(pickle.loads(blob)[2], fly[2])

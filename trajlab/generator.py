@@ -24,6 +24,7 @@ Randomness
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,9 @@ from .render import render
 from .spec import DatasetSpec
 from .trajectories import N_UNIFORMS, REGISTRY, Context, _lerp
 
-__all__ = ["make_trajectories", "generate_block", "probe_digest", "Block", "sample_rng", "labels_for",
-           "splits_for", "SPLITS", "NEAR_PLANE"]
+__all__ = ["make_trajectories", "generate_block", "generate_samples", "probe_digest", "Block",
+           "sample_rng", "labels_for", "labels_at", "splits_for", "splits_at", "split_phases",
+           "SPLITS", "NEAR_PLANE"]
 
 LABEL_KEY = 0x4C41424C   # "LABL": spawn-key domain of the label permutations
 SPLIT_KEY = 0x53504C54   # "SPLT": spawn-key domain of the split offsets
@@ -54,15 +56,27 @@ def sample_rng(seed, index):
 
 def labels_for(spec, start, stop):
     """Labels of samples ``start..stop-1``, int64 of shape (stop - start,)."""
+    return labels_at(spec, np.arange(start, stop, dtype=np.int64))
+
+
+def labels_at(spec, indices):
+    """Labels of the samples ``indices`` (any order, repeats allowed), int64."""
     C = spec.n_classes
-    b0, b1 = start // C, (stop + C - 1) // C
-    perms = [np.random.Generator(np.random.PCG64(
-        np.random.SeedSequence(spec.seed, spawn_key=(LABEL_KEY, b)))).permutation(C)
-        for b in range(b0, b1)]
-    if not perms:
-        return np.zeros(0, dtype=np.int64)
-    flat = np.concatenate(perms).astype(np.int64)
-    return flat[start - b0 * C: stop - b0 * C]
+    indices = np.asarray(indices, dtype=np.int64)
+    blocks, where = np.unique(indices // C, return_inverse=True)
+    perms = np.array([np.random.Generator(np.random.PCG64(
+        np.random.SeedSequence(spec.seed, spawn_key=(LABEL_KEY, int(b))))).permutation(C)
+        for b in blocks], dtype=np.int64).reshape(len(blocks), C)
+    return perms[where.reshape(-1), indices % C]
+
+
+@functools.lru_cache(maxsize=64)
+def split_phases(seed, n_classes):
+    """Per-class offsets ``(o_train, o_val)`` of the split sequences, (C, 2) float64."""
+    out = np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        seed, spawn_key=(SPLIT_KEY, c)))).random(2) for c in range(n_classes)])
+    out.flags.writeable = False
+    return out.reshape(n_classes, 2)
 
 
 def splits_for(spec, start, stop, labels=None):
@@ -71,13 +85,17 @@ def splits_for(spec, start, stop, labels=None):
     The split of a sample depends only on the seed, the classes, the split
     fractions and its index (never on ``n_samples``).
     """
+    return splits_at(spec, np.arange(start, stop, dtype=np.int64), labels)
+
+
+def splits_at(spec, indices, labels=None):
+    """Split codes of the samples ``indices`` (any order), uint8."""
+    indices = np.asarray(indices, dtype=np.int64)
     if labels is None:
-        labels = labels_for(spec, start, stop)
-    phases = np.array([np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        spec.seed, spawn_key=(SPLIT_KEY, c)))).random(2) for c in range(spec.n_classes)])
-    phases = phases.reshape(spec.n_classes, 2)
+        labels = labels_at(spec, indices)
+    phases = split_phases(spec.seed, spec.n_classes)
     # index of the sample within its class (labels come in balanced blocks)
-    j = np.arange(start, stop, dtype=np.float64) // spec.n_classes
+    j = indices.astype(np.float64) // spec.n_classes
     f_train, f_val, f_test = spec.splits
     o_train, o_val = phases[labels, 0], phases[labels, 1]
     train_upto = np.floor((j + 1.0) * f_train + o_train)     # train among 0..j
@@ -130,6 +148,8 @@ class Block:
     attempts: np.ndarray
     params: list
     rejections: dict = field(default_factory=dict)
+    #: sample index of each row (``start..stop-1`` for a contiguous block)
+    indices: np.ndarray = None
 
     #: names of the per-sample numeric arrays, in storage order
     ARRAYS = ("videos", "labels", "splits", "positions", "pixels", "depth", "radius",
@@ -142,7 +162,7 @@ class Block:
             label = int(self.labels[k])
             tc = REGISTRY[spec.classes[label]]
             out.append({
-                "index": self.start + k,
+                "index": int(self.indices[k]),
                 "label": label,
                 "class": tc.name,
                 "split": SPLITS[int(self.splits[k])],
@@ -192,17 +212,48 @@ def generate_block(spec, start, stop, videos_out=None):
     -------
     Block
     """
-    n = stop - start
+    block = generate_samples(spec, np.arange(start, stop, dtype=np.int64), videos_out)
+    block.start, block.stop = start, stop
+    return block
+
+
+def generate_samples(spec, indices, videos_out=None):
+    """Generate the samples ``indices`` of ``spec`` (any order, repeats allowed).
+
+    Row ``k`` of the result is sample ``indices[k]``, byte for byte what
+    :func:`generate_block` gives for it: every sample draws only from its
+    own stream. The vectorised work is shared by all rows, so a batch of
+    scattered indices (a shuffled on-the-fly dataset) costs about as much
+    per sample as a contiguous block.
+
+    Parameters
+    ----------
+    spec : DatasetSpec
+    indices : array-like of int
+    videos_out : ndarray of shape (len(indices), T, 3, H, W), uint8, optional
+
+    Returns
+    -------
+    Block
+        With ``indices`` set; ``start``/``stop`` are the smallest index and
+        the largest plus one (informative only when the indices are contiguous).
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and int(indices.min()) < 0:
+        raise ValueError(f"sample indices must be >= 0; got {int(indices.min())}")
+    start = int(indices.min()) if indices.size else 0
+    stop = int(indices.max()) + 1 if indices.size else 0
+    n = len(indices)
     T, S = spec.n_frames, spec.image_size
     times = spec.times
-    labels = labels_for(spec, start, stop)
-    splits = splits_for(spec, start, stop, labels)
+    labels = labels_at(spec, indices)
+    splits = splits_at(spec, indices, labels)
     shapes = array_layout(spec, n)
     arr = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()
            if k not in ("videos", "labels", "splits")}
     params = [None] * n
     rejections = {name: 0 for name in spec.classes}
-    rngs = [sample_rng(spec.seed, i) for i in range(start, stop)]
+    rngs = [sample_rng(spec.seed, i) for i in indices.tolist()]
     camspec = spec.camera
     margin = spec.margin_px
     min_step = spec.min_motion * S
@@ -214,7 +265,7 @@ def generate_block(spec, start, stop, videos_out=None):
             bad = [spec.classes[c] for c in np.unique(labels[pending])]
             raise RuntimeError(
                 f"{pending.size} sample(s) of class(es) {bad} (first index "
-                f"{start + int(pending[0])}) were rejected {MAX_ATTEMPTS} times: no "
+                f"{int(indices[pending[0]])}) were rejected {MAX_ATTEMPTS} times: no "
                 "trajectory fits in the frame under this spec. Enlarge the camera "
                 "distance or field of view, or reduce object_radius / margin_px / "
                 "min_motion.")
@@ -274,7 +325,7 @@ def generate_block(spec, start, stop, videos_out=None):
             noisy = videos[k].astype(np.float32) + np.float32(spec.pixel_noise) * noise
             videos[k] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
-                 params=params, rejections=rejections, **arr)
+                 params=params, rejections=rejections, indices=indices, **arr)
 
 
 def probe_digest(spec, n=8):
