@@ -22,6 +22,14 @@ __all__ = ["confusion_figure", "accuracy_bars", "loss_curves", "reconstruction_f
 DPI = 72
 
 
+def _name(labels, class_names, k):
+    """Display name of clip ``k``'s label ('' without labels)."""
+    if labels is None:
+        return ""
+    lab = labels[k]
+    return str(class_names[int(lab)]) if class_names is not None else str(lab)
+
+
 def _fig(w, h):
     return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
 
@@ -90,8 +98,8 @@ def _hwc(frame):
     return np.clip(np.moveaxis(f, 0, -1), 0, 1)
 
 
-def reconstruction_figure(originals, recons, *, frames=None, n=4, labels=None, title=None,
-                          gain=1.0):
+def reconstruction_figure(originals, recons, *, frames=None, n=4, labels=None, class_names=None,
+                          title=None, gain=1.0):
     """Originals (top row of each pair) beside reconstructions (below).
 
     Parameters
@@ -102,6 +110,8 @@ def reconstruction_figure(originals, recons, *, frames=None, n=4, labels=None, t
         Frames shown (default: up to 6 spread over the clip).
     n : int
         Clips shown.
+    labels, class_names : optional
+        Integer labels of the clips and the class names, shown beside them.
     gain : float
         Brightness gain of every panel (1: as is), to show faint output.
     """
@@ -110,11 +120,10 @@ def reconstruction_figure(originals, recons, *, frames=None, n=4, labels=None, t
     T = np.asarray(originals).shape[1]
     frames = list(frames) if frames is not None else sorted(set(np.linspace(0, T - 1, min(T, 6))
                                                                 .astype(int).tolist()))
-    rows = [(f"#{k} original", originals[k]) for k in range(n)]
     order = []
     for k in range(n):
-        order.append((f"clip {k}: original" if labels is None else
-                      f"clip {k} ({labels[k]}): original", originals[k]))
+        tag = _name(labels, class_names, k)
+        order.append((f"clip {k}" + (f" ({tag})" if tag else "") + ": original", originals[k]))
         order += [(f"{name}", r[k]) for name, r in recons.items()]
     rows = order
     fig = _fig(1.0 * len(frames) + 1.6, 1.0 * len(rows) + 0.4)
@@ -150,7 +159,7 @@ def _frame_axes(ax, S, title):
     ax.set_title(title, fontsize=8)
 
 
-def dot_paths_figure(true_pixels, found_pixels, image_size, *, n=8, labels=None,
+def dot_paths_figure(true_pixels, found_pixels, image_size, *, n=8, labels=None, class_names=None,
                      title="decoded dot (red) over the true path (black)"):
     """Paths of the dot found in decoded frames over the stored true paths.
 
@@ -168,14 +177,15 @@ def dot_paths_figure(true_pixels, found_pixels, image_size, *, n=8, labels=None,
         ax.plot(tp[:, 0], tp[:, 1], "k.-", lw=1, ms=3)
         ax.plot(fp[:, 0], fp[:, 1], "r.-", lw=1, ms=3, alpha=0.8)
         missing = int(np.isnan(fp[:, 0]).sum())
-        _frame_axes(ax, image_size, f"clip {k}" + (f" ({labels[k]})" if labels is not None else "")
+        tag = _name(labels, class_names, k)
+        _frame_axes(ax, image_size, f"clip {k}" + (f" ({tag})" if tag else "")
                     + (f", {missing} frames without dot" if missing else ""))
     fig.suptitle(title)
     return fig
 
 
 def forecast_paths_figure(context, future, predictions, image_size, *, n=8, labels=None,
-                          title="forecast paths (context black, truth green)"):
+                          class_names=None, title="forecast paths (context black, truth green)"):
     """Context path, true future and each method's forecast, per clip.
 
     Parameters
@@ -197,7 +207,8 @@ def forecast_paths_figure(context, future, predictions, image_size, *, n=8, labe
             p = np.asarray(p[k])
             ax.plot(np.r_[c[-1:, 0], p[:, 0]], np.r_[c[-1:, 1], p[:, 1]], ".--", color=col,
                     lw=1, ms=3, label=name if k == 0 else None)
-        _frame_axes(ax, image_size, f"clip {k}" + (f" ({labels[k]})" if labels is not None else ""))
+        tag = _name(labels, class_names, k)
+        _frame_axes(ax, image_size, f"clip {k}" + (f" ({tag})" if tag else ""))
     fig.legend(loc="outside lower center", ncol=min(4, len(predictions)), fontsize=8)
     fig.suptitle(title)
     return fig

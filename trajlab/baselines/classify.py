@@ -76,15 +76,20 @@ class ClassifyResult:
 class StackedFrameCNN(nn.Module):
     """2D CNN over the frames of a clip stacked as channels.
 
-    Input (B, T*3, S, S) float, plus two coordinate channels (where the dot
-    is matters, not only how the path looks). Each stage is a 3x3
-    convolution, batch norm, ReLU and a 2x2 max-pool, until 4x4; then two
-    linear layers.
+    Input (B, T*3, S, S) float. Frames larger than ``max_size`` are first
+    average-pooled down to it (an anti-aliased dot keeps its centroid in the
+    pooled intensities, and the cost no longer grows with S). Two coordinate
+    channels are added (where the dot is matters, not only how the path
+    looks). Each stage is a 3x3 convolution, batch norm, ReLU and a 2x2
+    max-pool, until 4x4; then two linear layers.
     """
 
-    def __init__(self, n_frames, image_size, n_classes, width=32):
+    def __init__(self, n_frames, image_size, n_classes, width=32, max_size=32):
         super().__init__()
-        layers, ch, size = [], 3 * n_frames + 2, image_size
+        self.pool = 1
+        while image_size // self.pool > max_size:
+            self.pool *= 2
+        layers, ch, size = [], 3 * n_frames + 2, image_size // self.pool
         out = width
         while size > 4:
             layers += [nn.Conv2d(ch, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
@@ -96,6 +101,8 @@ class StackedFrameCNN(nn.Module):
                                   nn.Linear(128, n_classes))
 
     def forward(self, x):
+        if self.pool > 1:
+            x = nn.functional.avg_pool2d(x, self.pool)
         B, _, H, W = x.shape
         ys = torch.linspace(-1, 1, H, dtype=x.dtype).view(1, 1, H, 1).expand(B, 1, H, W)
         xs = torch.linspace(-1, 1, W, dtype=x.dtype).view(1, 1, 1, W).expand(B, 1, H, W)

@@ -256,6 +256,11 @@ class FrameModel:
     steps: int
     stopped_early: bool
 
+    def summary(self):
+        return (f"frame U-Net ({self.n_context} -> {self.n_future} frames): {self.steps} steps in "
+                f"{self.seconds:.0f} s" + (" (stopped at the time cap)" if self.stopped_early
+                                           else ""))
+
 
 def _frame_batch(videos, n_context, n_future):
     """Context input, future target and background of uint8 clips (float)."""

@@ -209,7 +209,7 @@ def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=1e-
                 se = (recon - video) ** 2
                 total = (w * se).sum() / (w.sum() * video.shape[1]) + \
                     aux * model.quantizer_aux_loss_weight
-                recon_mse.append(float(se.mean()))
+                recon_mse.append(float(se.detach().mean()))
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
