@@ -280,3 +280,31 @@ def test_tokenizer_bad_parameters(tok_data):
                  train.indices, train.class_names, train.image_size)
     with pytest.raises(ValueError, match=r"odd number of frames"):
         K.train_tokenizer(even, n_steps=1)
+
+
+def test_measured_dots_match_the_stored_ground_truth(tiny):
+    _, _, test = tiny
+    pix, rad, colors, bg = F.measure_dots(test.videos)
+    np.testing.assert_allclose(pix, test.pixels, atol=0.2)
+    np.testing.assert_allclose(rad, test.radius, atol=0.15)
+    # white dots, seen through the coverage of their most covered pixel (small dots at 16^2)
+    assert (colors == colors[:, :1]).all() and colors.min() > 150
+    np.testing.assert_array_equal(bg, 0)                # on black
+
+
+def test_render_forecast_puts_the_dot_where_the_position_model_says(tiny):
+    _, train, test = tiny
+    model = F.train_position_model(train, 3, n_steps=50, hidden=16, progress=False)
+    a, b = F.render_forecast(model, test), F.render_forecast(model, test)
+    assert torch.equal(a["pred"], b["pred"])
+    assert a["measured_error"] < 0.2
+    # the rendered dots sit at the model's forecast from the measured context
+    pix, rad, _, _ = F.measure_dots(test.videos[:, :3])
+    with torch.no_grad():
+        rel = model.net(F._position_input(pix, rad, 16)).double().numpy()
+    expected = pix[:, -1:] + rel * 16
+    inside = ((expected > 2) & (expected < 14)).all(-1)
+    err = np.sqrt(((a["dot"]["centroids"] - expected) ** 2).sum(-1))
+    assert inside.any() and err[inside].max() < 0.3      # sub-pixel dots, uint8 rounding
+    text = F.frame_report({"rendered": a})
+    assert "rendered" in text and "copy last" in text and "dot within 2 px" in text

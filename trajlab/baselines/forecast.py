@@ -34,7 +34,7 @@ from ._common import Split, batches, require_videos, seeded, train_loop
 
 __all__ = ["cut", "extrapolate", "position_errors", "PositionMLP", "train_position_model",
            "predict_positions", "FrameUNet", "train_frame_model", "predict_frames",
-           "evaluate_frames", "position_forecasts", "position_report", "frame_report", "targets",
+           "evaluate_frames", "measure_dots", "render_forecast", "position_forecasts", "position_report", "frame_report", "targets",
            "METHODS"]
 
 METHODS = ("hold-last", "constant velocity", "constant acceleration")
@@ -394,17 +394,23 @@ def position_report(result, labels, class_names):
     return "\n".join(lines)
 
 
-def frame_report(evaluation):
-    """Text table of :func:`evaluate_frames`: the U-Net beside the copied last frame."""
-    fm, d, dt = evaluation["frames"], evaluation["dot"], evaluation["dot_trivial"]
-    rows = [("PSNR (dB)", fm["psnr"], fm["psnr_trivial"]), ("SSIM", fm["ssim"], fm["ssim_trivial"]),
-            ("dot found (fraction of frames)", d["found"], dt["found"]),
-            ("dot mean error (px, where found)", d["mean_px"], dt["mean_px"]),
-            ("dot within 1 px", d["within_1px"], dt["within_1px"]),
-            ("dot within 2 px", d["within_2px"], dt["within_2px"])]
-    lines = [f"{'future frames, test split':<34}  {'U-Net':>9}  {'copy last':>9}"]
-    lines += [f"{name:<34}  {a:>9.4f}  {b:>9.4f}" for name, a, b in rows]
-    lines.append(f"PSNR gain {fm['psnr_gain']:+.2f} dB, SSIM gain {fm['ssim_gain']:+.4f}")
+def frame_report(evaluations):
+    """Text table of frame forecasters (name -> output of :func:`evaluate_frames` or
+    :func:`render_forecast`) beside the copied last frame."""
+    names = list(evaluations)
+    first = evaluations[names[0]]
+    cols = [(n, evaluations[n]["frames"], evaluations[n]["dot"]) for n in names]
+    cols.append(("copy last", {"psnr": first["frames"]["psnr_trivial"],
+                               "ssim": first["frames"]["ssim_trivial"]}, first["dot_trivial"]))
+    rows = [("PSNR (dB)", lambda fm, d: fm["psnr"]), ("SSIM", lambda fm, d: fm["ssim"]),
+            ("dot found (fraction of frames)", lambda fm, d: d["found"]),
+            ("dot mean error (px, where found)", lambda fm, d: d["mean_px"]),
+            ("dot within 1 px", lambda fm, d: d["within_1px"]),
+            ("dot within 2 px", lambda fm, d: d["within_2px"])]
+    w = max(12, *(len(c[0]) for c in cols))
+    lines = [f"{'future frames, test split':<34}" + "".join(f"  {c[0]:>{w}}" for c in cols)]
+    lines += [f"{label:<34}" + "".join(f"  {fn(fm, d):>{w}.4f}" for _, fm, d in cols)
+              for label, fn in rows]
     return "\n".join(lines)
 
 
@@ -416,7 +422,7 @@ def targets(positions, frames, *, max_mlp_px, min_within_2px, title=None):
     positions : dict
         Output of :func:`position_forecasts`.
     frames : dict
-        Output of :func:`evaluate_frames`.
+        name -> output of :func:`evaluate_frames` or :func:`render_forecast`.
     max_mlp_px : float
         Highest acceptable mean future-position error of the position MLP.
     min_within_2px : float
@@ -427,5 +433,80 @@ def targets(positions, frames, *, max_mlp_px, min_within_2px, title=None):
     t = TargetTable(title or "forecasting targets")
     t.add("position MLP mean error", float(positions["errors"]["position MLP"].mean()), "<=",
           max_mlp_px, " px")
-    t.add("frame U-Net: dot within 2 px", frames["dot"]["within_2px"], ">=", min_within_2px)
+    for name, ev in frames.items():
+        t.add(f"{name}: dot within 2 px", ev["dot"]["within_2px"], ">=", min_within_2px)
     return t
+
+
+# ------------------------------------------------- measured, extrapolated, rendered
+def measure_dots(videos):
+    """Dot centres, radii and colours measured in frames (no stored ground truth).
+
+    Centres are :func:`trajlab.metrics.dot_centroids`; the radius follows
+    from the foreground area (coverage summed over the frame, ``pi r^2``);
+    the colour is the clip's most contrasted pixel.
+
+    Parameters
+    ----------
+    videos : ndarray of shape (N, T, 3, H, W), uint8
+
+    Returns
+    -------
+    pixels : ndarray of shape (N, T, 2)
+    radius : ndarray of shape (N, T)
+    colors : ndarray of shape (N, 3), uint8
+    background : ndarray of shape (N, 3), uint8
+    """
+    x = M.as_float(videos).double()
+    bg = M.background(videos).double()
+    w = (x - bg).abs().mean(dim=2)                                  # (N, T, H, W)
+    N, T = w.shape[:2]
+    flat = w.reshape(N, -1)
+    peak = flat.argmax(dim=1)
+    t, rest = peak // (w.shape[2] * w.shape[3]), peak % (w.shape[2] * w.shape[3])
+    i, j = rest // w.shape[3], rest % w.shape[3]
+    colors = x[torch.arange(N), t, :, i, j]                         # (N, 3)
+    contrast = (colors - bg[:, 0, :, 0, 0]).abs().mean(dim=1).clamp_min(1e-6)
+    area = w.sum(dim=(-1, -2)) / contrast[:, None]
+    radius = torch.sqrt(area / np.pi).numpy()
+    pixels = M.dot_centroids(videos, bg)
+    to8 = lambda a: np.rint(a.numpy() * 255).astype(np.uint8)  # noqa: E731
+    return pixels, radius, to8(colors), to8(bg[:, 0, :, 0, 0])
+
+
+def render_forecast(model, split):
+    """Frame forecaster without a learned renderer: measure the dot in the
+    context frames (:func:`measure_dots`), predict its future positions with
+    a trained :class:`PositionModel`, hold the last measured radius and
+    render the future frames with :func:`trajlab.render.render`.
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate_frames` (``frames``, ``dot``, ``dot_trivial``,
+        ``pred``), plus ``measured_error`` (mean px error of the measured
+        context centres against the stored ones).
+    """
+    from ..render import render
+
+    require_videos(split, "split", "render_forecast")
+    c, f = model.n_context, model.n_future
+    ctx_v, fut_v = cut(split.videos, c, f)
+    ctx_pix_true, fut_pix = cut(split.pixels, c, f)
+    pix, rad, colors, bgs = measure_dots(ctx_v)
+    with torch.no_grad():
+        rel = model.net(_position_input(pix, rad, model.image_size)).double().numpy()
+    pred_pix = pix[:, -1:] + rel * model.image_size
+    pred_rad = np.repeat(rad[:, -1:], f, axis=1)
+    S = model.image_size
+    frames = np.empty(fut_v.shape, dtype=np.uint8)
+    for k in range(len(frames)):        # per clip: each has its own background colour
+        frames[k] = render(pred_pix[k:k + 1], pred_rad[k:k + 1], colors[k:k + 1],
+                           tuple(int(b) for b in bgs[k]), S)[0]
+    pred = M.as_float(frames)
+    target = M.as_float(fut_v)
+    trivial = M.as_float(ctx_v[:, -1:]).expand_as(target)
+    bg = M.background(split.videos)[:, :f]
+    return {"frames": M.frame_metrics(pred, target, trivial), "dot": M.localisation(pred, fut_pix, bg),
+            "dot_trivial": M.localisation(trivial, fut_pix, bg), "pred": pred,
+            "measured_error": float(np.sqrt(((pix - ctx_pix_true) ** 2).sum(-1)).mean())}
