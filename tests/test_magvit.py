@@ -21,9 +21,7 @@ from trajlab.torchdata import OnTheFlyVideoDataset, TrajectoryVideoDataset  # no
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
-SPEC = trajlab.DatasetSpec.preset("magvit32", n_samples=48, style="trail", seed=5) \
-    if hasattr(trajlab.DatasetSpec, "preset") else \
-    trajlab.DatasetSpec(n_samples=48, n_frames=17, image_size=32, style="trail", seed=5)
+SPEC = trajlab.DatasetSpec.preset("magvit32", n_samples=48, style="trail", seed=5)
 VIEW = dict(layout="CTHW", value_range=(0, 1), item="video")
 
 

@@ -11,7 +11,7 @@ import pytest
 from trajlab import camera as cam
 from trajlab import make_trajectories
 from trajlab.spec import CameraSpec, DatasetSpec
-from trajlab.trajectories import (CENTRE_JITTER, MIN_FRAMES_PER_TURN, N_UNIFORMS, REGISTRY,
+from trajlab.trajectories import (MIN_FRAMES_PER_TURN, N_UNIFORMS, REGISTRY, START_JITTER,
                                   Circular, Context, Helical, Linear, Parabolic, get_class)
 
 SEEDS = range(12)
@@ -68,9 +68,9 @@ def test_linear_constant_velocity(seed):
     np.testing.assert_allclose(d, np.broadcast_to(d[:, :1], d.shape), atol=1e-12)
     travel = np.linalg.norm(p["v"], axis=-1) * ctx.clip_seconds
     assert travel.min() >= Linear.travel[0] - 1e-9 and travel.max() <= Linear.travel[1] + 1e-9
-    # the path is centred on an offset inside the jitter box
-    mid = p["p0"] + p["v"] * ctx.clip_seconds / 2
-    assert np.abs(mid).max() <= CENTRE_JITTER + 1e-12
+    # the clip starts at p0, inside the start box
+    np.testing.assert_array_equal(pos[:, 0], p["p0"])
+    assert np.abs(p["p0"]).max() <= START_JITTER + 1e-12
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -180,9 +180,21 @@ def test_parabolic_constant_second_difference(seed, gravity):
     expected = np.array([0.0, 0.0, -gravity]) * dt**2
     np.testing.assert_allclose(dd, np.broadcast_to(expected, dd.shape), atol=1e-12)
     np.testing.assert_array_equal(p["g"], np.broadcast_to([0.0, 0.0, -gravity], p["g"].shape))
-    # the apex falls inside the clip, 40-60 % of the way
-    t_apex = p["v0"][:, 2] / gravity
-    assert (t_apex >= 0.4 * 1.2 - 1e-12).all() and (t_apex <= 0.6 * 1.2 + 1e-12).all()
+    # the apex time, as a fraction of the clip, covers the documented range
+    lo, hi = Parabolic().apex_fraction_range(ctx)
+    frac = p["v0"][:, 2] / gravity / 1.2
+    assert frac.min() >= lo - 1e-12 and frac.max() <= hi + 1e-12
+    dz = pos[..., 2] - pos[:, :1, 2]
+    if gravity * 1.2**2 / 2 * (np.sqrt(2) - 1) ** 2 > Parabolic.vertical_excursion:
+        # (9.81 m/s² over 1.2 s) no throw stays within the budget: the one
+        # centred on its start, apex at sqrt(2) - 1 of the clip
+        np.testing.assert_allclose(frac, np.sqrt(2) - 1, rtol=1e-12)
+        np.testing.assert_allclose(dz.max(1), -dz.min(1), rtol=0.05)
+        return
+    assert frac.min() < lo + 0.1 * (hi - lo) and frac.max() > hi - 0.1 * (hi - lo)
+    # and the path never climbs or drops more than the budget from its start
+    assert np.abs(dz).max() <= Parabolic.vertical_excursion + 1e-9
+    assert np.abs(dz).max() > Parabolic.vertical_excursion * 0.9
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -203,7 +215,7 @@ def test_parabolic_horizontal_velocity_near_image_plane(seed):
 
 # ----------------------------------------------------- shared properties
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("n_frames", [2, 3, 5, 8, 9, 16, 33])
+@pytest.mark.parametrize("n_frames", [2, 3, 5, 8, 9, 16, 17, 33])
 def test_no_temporal_aliasing(name, n_frames):
     p, ctx, t, pos = draw(name, n_frames, n=300, n_frames=n_frames)
     if "omega" in p:
@@ -378,7 +390,7 @@ def test_generated_params_respect_documented_constraints(size_datasets):
     assert seen == set(REGISTRY)
 
 
-@pytest.mark.parametrize("n_frames", [8, 16])
+@pytest.mark.parametrize("n_frames", [8, 16, 17])
 def test_helices_make_at_least_one_full_turn_when_frames_allow(n_frames):
     spec = DatasetSpec(n_samples=400, n_frames=n_frames, image_size=32, classes=("helical",))
     _, _, ann = make_trajectories(spec=spec, return_annotations=True)
@@ -387,3 +399,74 @@ def test_helices_make_at_least_one_full_turn_when_frames_allow(n_frames):
     assert turns.min() >= 1.0 - 1e-12
     # and never more than one turn per MIN_FRAMES_PER_TURN frame intervals
     assert turns.max() <= (n_frames - 1) / MIN_FRAMES_PER_TURN + 1e-12
+
+
+# -------------------------------------------- which part of the motion shows
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_every_class_starts_in_the_start_box(name, seed):
+    p, ctx, t, pos = draw(name, seed)
+    assert np.abs(pos[:, 0]).max() <= START_JITTER + 1e-12
+    # uniform in the box, whatever the class
+    assert np.abs(pos[:, 0].mean(axis=0)).max() < 0.1 * START_JITTER
+    np.testing.assert_allclose(pos[:, 0].std(axis=0), START_JITTER / np.sqrt(3), rtol=0.12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_parabolas_rise_fall_or_pass_the_apex_in_fixed_proportions(seed):
+    """Under weak gravity (1 m/s² over 1 s) all three parts of a flight fit
+    the vertical budget: a quarter of the throws only fall, a quarter only
+    rise and half pass the apex, for any seed."""
+    n = 2000
+    p, ctx, t, pos = draw("parabolic", seed, n=n, gravity=1.0)
+    lo, hi = Parabolic().apex_fraction_range(ctx)
+    assert lo < 0.0 and hi > 1.0
+    frac = p["v0"][:, 2] / 1.0 / ctx.clip_seconds
+    falling, rising = frac <= 0.0, frac >= 1.0
+    apex = ~falling & ~rising
+    # the frames show it: monotonic down, monotonic up, or up then down
+    dz = np.diff(pos[..., 2], axis=1)
+    assert (dz[falling] < 0).all() and (dz[rising] > 0).all()
+    inside = apex & (frac > 0.1) & (frac < 0.9)      # apex clear of the ends
+    assert (dz[inside, 0] > 0).all() and (dz[inside, -1] < 0).all()
+    # binomial standard error at n = 2000 is about 0.01: allow 4 of them
+    assert abs(falling.mean() - 0.25) < 0.04 and abs(rising.mean() - 0.25) < 0.04
+    assert abs(apex.mean() - 0.5) < 0.04
+    assert np.abs(pos[..., 2] - pos[:, :1, 2]).max() <= Parabolic.vertical_excursion + 1e-9
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_default_parabolas_pass_the_apex_early_or_late_by_start_height(seed):
+    """At 9.81 m/s² over 1 s a throw that only rose would climb 4.9 m: every
+    throw passes its apex, within the admissible range; one that starts
+    high peaks earlier (mostly falls) than one that starts low."""
+    p, ctx, t, pos = draw("parabolic", seed, n=2000)
+    lo, hi = Parabolic().apex_fraction_range(ctx)
+    assert 0.0 < lo < np.sqrt(2) - 1 < hi < 1.0
+    frac = p["v0"][:, 2] / ctx.gravity / ctx.clip_seconds
+    assert frac.min() >= lo - 1e-12 and frac.max() <= hi + 1e-12
+    high = p["p0"][:, 2] > 0
+    assert np.median(frac[high]) < np.median(frac[~high]) - 0.2 * (hi - lo)
+    # both ends of the range occur among high and among low starts
+    span = hi - lo
+    for part in (high, ~high):
+        assert frac[part].min() < lo + 0.5 * span < frac[part].max()
+    # every path stays within the vertical budget around its start
+    assert np.abs(pos[..., 2] - pos[:, :1, 2]).max() <= Parabolic.vertical_excursion + 1e-9
+
+
+def test_motion_heads_across_the_stage_not_out_of_it():
+    """From an off-centre start the path heads towards the stage centre
+    (the direction draws stay symmetric, so this is not visible in frame 0):
+    a line across the image, a circle's centre, a helix's turn and rise, a
+    throw's horizontal speed."""
+    v, ctx, _, _ = draw("linear", 3, n=2000)
+    across = v["v"] - np.sum(v["v"] * ctx.view, axis=-1)[:, None] * ctx.view
+    assert (np.sum(across * v["p0"], axis=-1) <= 0).all()
+    for name in ("circular", "helical"):
+        p, _, _, pos = draw(name, 3, n=2000)
+        assert (np.sum((p["centre"] - pos[:, 0]) * pos[:, 0], axis=-1) <= 1e-12).all()
+    p, _, _, pos = draw("helical", 3, n=2000)
+    assert (np.sign(p["axis"][:, 2]) == np.where(pos[:, 0, 2] <= 0, 1, -1)).all()
+    p, _, _, _ = draw("parabolic", 3, n=2000)
+    assert (np.sum(p["v0"][:, :2] * p["p0"][:, :2], axis=-1) <= 0).all()

@@ -31,7 +31,8 @@ import numpy as np
 
 from . import camera as cam
 from .render import render
-from .spec import DatasetSpec
+from ._validation import check_int, fail
+from .spec import DatasetSpec, check_fields
 from .trajectories import N_UNIFORMS, REGISTRY, Context, _lerp
 
 __all__ = ["make_trajectories", "generate_block", "generate_samples", "probe_digest", "Block",
@@ -126,7 +127,8 @@ class Block:
     ``videos`` (n, T, 3, H, W) uint8; ``labels`` (n,) int64; ``splits``
     (n,) uint8 (0 train, 1 val, 2 test); ``positions`` (n, T, 3) float64
     world metres; ``pixels`` (n, T, 2) float64 ``(u, v)``; ``depth`` (n, T)
-    float64; ``radius`` (n, T) float64 pixel radius; ``K``, ``R`` (n, 3, 3)
+    float64; ``radius`` (n, T) float64 pixel radius as drawn (see
+    ``DatasetSpec.radius_mode``); ``K``, ``R`` (n, 3, 3)
     and ``t`` (n, 3) float64; ``colors`` (n, 3) uint8; ``attempts`` (n,)
     int32 (1 = accepted at first draw). ``params`` is a list of per-sample
     dicts; ``rejections`` counts redrawn attempts per class name.
@@ -294,6 +296,9 @@ def generate_samples(spec, indices, videos_out=None):
         pix, depth = cam.project(pos, K, R, t)
         with np.errstate(divide="ignore", invalid="ignore"):
             rad = K[:, None, 0, 0] * spec.object_radius / depth
+            if spec.radius_mode == "constant":
+                # held at frame 0 (see DatasetSpec.radius_mode)
+                rad = np.repeat(rad[:, :1], T, axis=1)
             reach = rad + margin
             inside = ((depth > NEAR_PLANE)
                       & (pix[..., 0] - reach >= 0) & (pix[..., 0] + reach <= S)
@@ -342,9 +347,9 @@ def probe_digest(spec, n=8):
     return h.hexdigest()
 
 
-def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical", "parabolic"),
-                      n_frames=16, image_size=64, style="dot", seed=0, spec=None,
-                      return_annotations=False, chunk_size=256):
+def make_trajectories(n_samples=None, *, classes=None, n_frames=None, image_size=None,
+                      style=None, seed=None, spec=None, return_annotations=False,
+                      chunk_size=256):
     """Generate trajectory clips in memory (sklearn ``make_*`` style).
 
     Produces exactly the bytes that :func:`trajlab.generate` writes to disk
@@ -356,8 +361,10 @@ def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical
         Number of clips; default ``spec.n_samples`` when ``spec`` is given,
         else 1000.
     classes, n_frames, image_size, style, seed
-        See :class:`~trajlab.spec.DatasetSpec`. Ignored when ``spec`` is
-        given.
+        See :class:`~trajlab.spec.DatasetSpec` (its defaults when omitted:
+        all four classes, 16 frames of 64x64, ``'dot'``, seed 0). Not
+        allowed together with ``spec``, which defines them: that raises a
+        ValueError naming both, instead of silently ignoring one.
     spec : DatasetSpec, optional
         Full specification; ``spec.n_samples`` is replaced by ``n_samples``
         when that is given.
@@ -378,21 +385,24 @@ def make_trajectories(n_samples=None, *, classes=("linear", "circular", "helical
         params, equation, description), ``rejections`` per class and
         ``spec``.
     """
-    try:
-        if spec is None:
-            spec = DatasetSpec(n_samples=1000 if n_samples is None else n_samples,
-                               classes=classes, n_frames=n_frames, image_size=image_size,
-                               style=style, seed=seed)
-        elif not isinstance(spec, DatasetSpec):
-            raise TypeError(f"The 'spec' parameter of make_trajectories must be a DatasetSpec. "
-                            f"Got {spec!r} instead.")
-        elif n_samples is not None:
+    own = "make_trajectories"
+    given = {k: x for k, x in (("classes", classes), ("n_frames", n_frames),
+                               ("image_size", image_size), ("style", style), ("seed", seed))
+             if x is not None}
+    if n_samples is not None:
+        check_fields({"n_samples": n_samples}, own)
+    if spec is None:
+        spec = DatasetSpec(**check_fields(
+            {"n_samples": 1000 if n_samples is None else n_samples, **given}, own))
+    elif not isinstance(spec, DatasetSpec):
+        fail("spec", own, "a DatasetSpec or None", spec, TypeError)
+    else:
+        for name, value in given.items():
+            fail(name, own, f"None when 'spec' is given (spec.{name} = "
+                 f"{getattr(spec, name)!r} defines it)", value)
+        if n_samples is not None:
             spec = spec.replace(n_samples=n_samples)
-    except (TypeError, ValueError) as exc:
-        # these are make_trajectories' own parameters: name it as their owner
-        raise type(exc)(str(exc).replace(" of DatasetSpec ", " of make_trajectories ")) from None
-    from ._validation import check_int
-    chunk_size = check_int(chunk_size, "chunk_size", "make_trajectories", 1)
+    chunk_size = check_int(chunk_size, "chunk_size", own, 1)
     n = spec.n_samples
     layout = array_layout(spec, n)
     out = {k: np.empty(shape, dtype=dt) for k, (shape, dt) in layout.items()}

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 
 from . import _validation as v
 
-__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES"]
+__all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES", "PRESETS",
+           "PARAMS", "Param", "check_fields"]
 
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
 #: by different algorithms never share a name.
-DATA_VERSION = 6
+DATA_VERSION = 7
 
 STYLES = ("dot", "trail")
+RADIUS_MODES = ("perspective", "constant")
 
 
 def _pair(value):
@@ -78,6 +80,152 @@ class CameraSpec:
         return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+# --------------------------------------------------------------- parameters
+def _check_classes(value, name, own):
+    from .trajectories import REGISTRY
+
+    classes = (value,) if isinstance(value, str) else value
+    valid = tuple(REGISTRY)
+    if isinstance(classes, bytes) or not hasattr(classes, "__iter__"):
+        v.fail(name, own, f"a non-empty sequence of names from {valid}", value, TypeError)
+    # materialise once: an iterator must not be consumed by the checks
+    classes = tuple(classes)
+    if len(classes) == 0:
+        v.fail(name, own, f"a non-empty sequence of names from {valid}", value)
+    for c in classes:
+        if not isinstance(c, str) or c not in REGISTRY:
+            v.fail(name, own, "a sequence of class names from {" + ", ".join(map(repr, valid))
+                   + "}", c)
+    if len(set(classes)) != len(classes):
+        v.fail(name, own, "a sequence of distinct class names", classes)
+    return classes
+
+
+def _check_camera(value, name, own):
+    cam = value
+    if isinstance(cam, dict):
+        fields = [f.name for f in dataclasses.fields(CameraSpec)]
+        unknown = sorted(set(cam) - set(fields))
+        if unknown:
+            v.fail(name, own, f"a CameraSpec or a dict with keys from {fields}", cam)
+        cam = CameraSpec(**cam)
+    if not isinstance(cam, CameraSpec):
+        v.fail(name, own, "a CameraSpec or a dict of its fields", cam, TypeError)
+    return cam
+
+
+def _check_splits(value, name, own):
+    expected = "three finite fractions (train, val, test) in [0, 1] summing to 1 with train > 0"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+        v.fail(name, own, expected, value, TypeError)
+    try:
+        fr = tuple(v.check_float(x, name, own, 0.0, 1.0) for x in value)
+    except (TypeError, ValueError):
+        v.fail(name, own, expected, value)
+    if not math.isclose(sum(fr), 1.0, abs_tol=1e-9) or fr[0] <= 0:
+        v.fail(name, own, expected, value)
+    return fr
+
+
+def _int(lo, hi=None):
+    return lambda value, name, own: v.check_int(value, name, own, lo, hi)
+
+
+def _float(lo, hi, **kw):
+    return lambda value, name, own: v.check_float(value, name, own, lo, hi, **kw)
+
+
+def _choice(choices):
+    return lambda value, name, own: v.check_choice(value, name, own, choices)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One DatasetSpec field: how it is checked, documented and spelled on the CLI.
+
+    ``check(value, name, owner)`` returns the normalised value or raises with
+    the project's message template naming ``owner``; ``flag`` is the
+    command-line option (None: not offered as a flag; use ``--spec``) and
+    ``cli`` parses its string.
+    """
+
+    name: str
+    check: object
+    help: str
+    flag: str = None
+    cli: object = None
+
+
+def _csv(parse):
+    return lambda text: tuple(parse(x) for x in text.split(",")) if text != "" else ()
+
+
+def _color(text):
+    return text if text == "random" else tuple(int(x) for x in text.split(","))
+
+
+#: The one table of DatasetSpec parameters (defaults live on the dataclass).
+PARAMS = {p.name: p for p in (
+    Param("n_samples", _int(1), "number of clips", "--n-samples", int),
+    Param("classes", _check_classes, "trajectory classes", "--classes", _csv(str)),
+    Param("n_frames", _int(2), "frames per clip", "--n-frames", int),
+    Param("image_size", _int(16, 1024), "height = width of the frames, pixels",
+          "--image-size", int),
+    Param("style", _choice(STYLES), "'dot' or 'trail'", "--style", str),
+    Param("trail_length", _int(2, 64), "positions drawn by the trail style", "--trail-length",
+          int),
+    Param("trail_decay", _float(0.0, 1.0, closed_low=False, closed_high=False),
+          "trail intensity factor per frame", "--trail-decay", float),
+    Param("object_color", lambda value, name, own: v.check_rgb(value, name, own,
+                                                               allow_random=True),
+          "r,g,b of the object or 'random'", "--object-color", _color),
+    Param("background_color", lambda value, name, own: v.check_rgb(value, name, own),
+          "r,g,b of the background", "--background-color", _csv(int)),
+    Param("object_radius", _float(0.0, 2.0, closed_low=False), "object radius, metres",
+          "--object-radius", float),
+    Param("radius_mode", _choice(RADIUS_MODES),
+          "'perspective' (f R / depth) or 'constant' (frame-0 radius held)", "--radius-mode", str),
+    Param("clip_seconds", _float(0.1, 10.0), "clip duration, seconds", "--clip-seconds", float),
+    Param("gravity", _float(0.0, 100.0, closed_low=False), "gravity, m/s^2", "--gravity", float),
+    Param("camera", _check_camera, "camera ranges (CameraSpec; use --spec)"),
+    Param("margin_px", _float(0.0, 64.0), "minimum gap between dot and border, pixels",
+          "--margin-px", float),
+    Param("min_motion", _float(0.0, 0.25), "minimum mean motion per frame, fraction of size",
+          "--min-motion", float),
+    Param("position_jitter", _float(0.0, 1.0), "std of 3D position noise, metres",
+          "--position-jitter", float),
+    Param("pixel_noise", _float(0.0, 128.0), "std of pixel noise, 0-255 units", "--pixel-noise",
+          float),
+    Param("splits", _check_splits, "train,val,test fractions", "--splits", _csv(float)),
+    Param("seed", _int(0, 2**63 - 1), "non-negative seed", "--seed", int),
+)}
+
+
+def check_fields(values, owner):
+    """Validate and normalise DatasetSpec fields given as a dict.
+
+    Parameters
+    ----------
+    values : dict
+        Field name -> value; only the keys present are checked.
+    owner : str
+        Named in error messages (e.g. ``'make_trajectories'`` for its own
+        arguments), so each entry point reports its own parameters.
+
+    Returns
+    -------
+    dict
+        The normalised values, in the same keys.
+    """
+    out = {}
+    for name, value in values.items():
+        if name not in PARAMS:
+            raise TypeError(f"Unknown DatasetSpec parameter {name!r} given to {owner}; valid "
+                            f"parameters are {list(PARAMS)}.")
+        out[name] = PARAMS[name].check(value, name, owner)
+    return out
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Everything that defines a trajlab dataset.
@@ -107,7 +255,16 @@ class DatasetSpec:
     background_color : (int, int, int), default=(0, 0, 0)
     object_radius : float, default=0.15
         Radius of the spherical object, metres. Its pixel radius is
-        ``f * object_radius / depth`` in every frame.
+        ``f * object_radius / depth`` in every frame (see ``radius_mode``).
+    radius_mode : {'perspective', 'constant'}, default='perspective'
+        ``'perspective'``: the pixel radius follows the depth in every
+        frame, as a real sphere's would. Then the dot's size over time (and
+        the per-frame brightness) records the depth change, which alone
+        names the class for most clips. ``'constant'``: the pixel radius is
+        held at its frame-0 value, ``f * object_radius / depth[0]``, for the
+        whole clip, which removes that cue, for benchmarks of how a model
+        reads the path's shape. Positions, pixels and depth are unchanged;
+        the stored ``radius`` is the radius drawn, and framing uses it.
     clip_seconds : float, default=1.0
         Duration of a clip, seconds (time stamps ``t_k = k * clip_seconds /
         (n_frames - 1)``).
@@ -142,6 +299,7 @@ class DatasetSpec:
     object_color: object = (255, 255, 255)
     background_color: tuple = (0, 0, 0)
     object_radius: float = 0.15
+    radius_mode: str = "perspective"
     clip_seconds: float = 1.0
     gravity: float = 9.81
     camera: CameraSpec = field(default_factory=CameraSpec)
@@ -153,69 +311,54 @@ class DatasetSpec:
     seed: int = 0
 
     def __post_init__(self):
-        from .trajectories import REGISTRY
+        for name, value in check_fields(
+                {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "DatasetSpec").items():
+            object.__setattr__(self, name, value)
 
-        own = "DatasetSpec"
-        s = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        s("n_samples", v.check_int(self.n_samples, "n_samples", own, 1))
-        classes = self.classes
-        if isinstance(classes, str):
-            classes = (classes,)
-        valid = tuple(REGISTRY)
-        if isinstance(classes, bytes) or not hasattr(classes, "__iter__"):
-            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes,
-                   TypeError)
-        # materialise once: an iterator must not be consumed by the checks
-        classes = tuple(classes)
-        if len(classes) == 0:
-            v.fail("classes", own, f"a non-empty sequence of names from {valid}", self.classes)
-        for c in classes:
-            if not isinstance(c, str) or c not in REGISTRY:
-                v.fail("classes", own,
-                       "a sequence of class names from {" + ", ".join(map(repr, valid)) + "}",
-                       c)
-        if len(set(classes)) != len(classes):
-            v.fail("classes", own, "a sequence of distinct class names", classes)
-        s("classes", classes)
-        s("n_frames", v.check_int(self.n_frames, "n_frames", own, 2))
-        s("image_size", v.check_int(self.image_size, "image_size", own, 16, 1024))
-        v.check_choice(self.style, "style", own, STYLES)
-        s("trail_length", v.check_int(self.trail_length, "trail_length", own, 2, 64))
-        s("trail_decay", v.check_float(self.trail_decay, "trail_decay", own, 0.0, 1.0,
-                                       closed_low=False, closed_high=False))
-        s("object_color", v.check_rgb(self.object_color, "object_color", own, allow_random=True))
-        s("background_color", v.check_rgb(self.background_color, "background_color", own))
-        s("object_radius", v.check_float(self.object_radius, "object_radius", own, 0.0, 2.0,
-                                         closed_low=False))
-        s("clip_seconds", v.check_float(self.clip_seconds, "clip_seconds", own, 0.1, 10.0))
-        s("gravity", v.check_float(self.gravity, "gravity", own, 0.0, 100.0, closed_low=False))
-        cam = self.camera
-        if isinstance(cam, dict):
-            fields = [f.name for f in dataclasses.fields(CameraSpec)]
-            unknown = sorted(set(cam) - set(fields))
-            if unknown:
-                v.fail("camera", own, f"a CameraSpec or a dict with keys from {fields}", cam)
-            cam = CameraSpec(**cam)
-        if not isinstance(cam, CameraSpec):
-            v.fail("camera", own, "a CameraSpec or a dict of its fields", cam, TypeError)
-        s("camera", cam)
-        s("margin_px", v.check_float(self.margin_px, "margin_px", own, 0.0, 64.0))
-        s("min_motion", v.check_float(self.min_motion, "min_motion", own, 0.0, 0.25))
-        s("position_jitter", v.check_float(self.position_jitter, "position_jitter", own, 0.0, 1.0))
-        s("pixel_noise", v.check_float(self.pixel_noise, "pixel_noise", own, 0.0, 128.0))
-        splits = self.splits
-        expected = ("three finite fractions (train, val, test) in [0, 1] summing to 1 "
-                    "with train > 0")
-        if isinstance(splits, (str, bytes)) or not hasattr(splits, "__len__") or len(splits) != 3:
-            v.fail("splits", own, expected, splits, TypeError)
-        try:
-            fr = tuple(v.check_float(x, "splits", own, 0.0, 1.0) for x in splits)
-        except (TypeError, ValueError):
-            v.fail("splits", own, expected, splits)
-        if not math.isclose(sum(fr), 1.0, abs_tol=1e-9) or fr[0] <= 0:
-            v.fail("splits", own, expected, splits)
-        s("splits", fr)
-        s("seed", v.check_int(self.seed, "seed", own, 0, 2**63 - 1))
+    # -------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named parameter set, with any field overridden.
+
+        Parameters
+        ----------
+        name : {'default', 'magvit', 'magvit32'}
+            * ``'default'``: the defaults (16 frames of 64x64); 16 frames
+              divide by the temporal factor 4 of a non-causal 3D tokenizer
+              such as google-research/magvit's (16-frame clips).
+            * ``'magvit'``: 17 frames of 64x64. Causal video tokenizers
+              keep frame 0 apart and compress the other ``T - 1`` frames in
+              time, so they need ``T = 1 + k * 2^m``: lucidrains
+              ``magvit2-pytorch`` ``VideoTokenizer`` (its README trains on
+              ``16 + 1`` frames; each ``compress_time`` layer halves
+              ``T - 1``) and Open-MAGVIT2 / SEED-Voken (``T ≡ 1 mod 4``,
+              17-frame clips). 64 is divisible by the 8x or 16x spatial
+              downsampling of those models.
+            * ``'magvit32'``: the same 17 frames at 32x32, for CPU-sized
+              tokenizer runs (8x spatial downsampling leaves a 4x4 grid).
+        **overrides
+            Any :class:`DatasetSpec` field, e.g. ``n_samples`` or ``seed``;
+            validated like the constructor's arguments.
+
+        Returns
+        -------
+        DatasetSpec
+
+        Examples
+        --------
+        >>> DatasetSpec.preset("magvit", n_samples=100).n_frames
+        17
+        """
+        if not isinstance(name, str) or name not in PRESETS:
+            v.fail("name", "DatasetSpec.preset",
+                   "one of {" + ", ".join(map(repr, PRESETS)) + "}", name)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"Unknown DatasetSpec parameter(s) {unknown} given to "
+                            f"DatasetSpec.preset; valid parameters are {names}.")
+        return cls(**{**PRESETS[name], **overrides})
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self):
@@ -300,3 +443,12 @@ class DatasetSpec:
 
         return np.arange(self.n_frames, dtype=np.float64) * (
             self.clip_seconds / (self.n_frames - 1))
+
+
+#: Named parameter sets of :meth:`DatasetSpec.preset` (fields that differ
+#: from the defaults).
+PRESETS = {
+    "default": {},
+    "magvit": {"n_frames": 17, "image_size": 64},
+    "magvit32": {"n_frames": 17, "image_size": 32},
+}

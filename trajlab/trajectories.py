@@ -9,8 +9,19 @@ Each class has two steps (as in disentanglement_lib):
 So tests and notebooks can render hand-made parameters. Units: metres,
 seconds, radians; world Z is up, gravity along -Z (see :mod:`trajlab.camera`).
 
-Randomised per sample: a centre offset, speeds, orientation (direction,
-plane normal, axis), starting phase and handedness. Orientations are drawn
+Randomised per sample: the starting point, speeds, orientation (direction,
+plane normal, axis), the part of the motion shown (starting phase and
+extent of an arc or a helix, when a throw reaches its apex) and handedness.
+
+Where a clip *starts* is drawn the same way for every class: position at
+``t = 0`` uniform in a box of half-size :data:`START_JITTER` around the
+stage centre, and every class's motion runs from there in a direction that
+is symmetric in the image (left/right, up/down, towards/away). Class
+parameters are sized so that every class travels a similar distance from
+its start. Frame 0 thus says little about the class: a classifier that sees
+only the first frame (dot position and size) stays near chance (measured
+by ``bench/probe_shortcuts.py``), where centring each path on the stage
+made every throw start low and every helix start at one end. Orientations are drawn
 relative to the camera's viewing direction so that no sample is seen
 end-on: a linear motion is never within 35 degrees of the optical axis, a
 circle's normal is within 55 degrees of it (never edge-on), a helix axis is
@@ -34,8 +45,9 @@ __all__ = ["Context", "Trajectory", "Linear", "Circular", "Helical", "Parabolic"
 
 #: Number of uniform draws per attempt reserved for the class parameters.
 N_UNIFORMS = 12
-#: Half-size (metres) of the box in which the trajectory centre is drawn.
-CENTRE_JITTER = 0.25
+#: Half-size (metres) of the box in which the position at t = 0 is drawn,
+#: the same for every class (see the module docstring).
+START_JITTER = 0.45
 #: Minimum number of frames per full turn (anti-aliasing).
 MIN_FRAMES_PER_TURN = 6
 
@@ -102,8 +114,8 @@ def _lerp(u, lo_hi):
     return lo + u * (hi - lo)
 
 
-def _centre(u):
-    return (2.0 * u[..., 0:3] - 1.0) * CENTRE_JITTER
+def _start(u):
+    return (2.0 * u[..., 0:3] - 1.0) * START_JITTER
 
 
 def _turns_range(turns, n_frames):
@@ -113,6 +125,17 @@ def _turns_range(turns, n_frames):
     cap = (n_frames - 1) / MIN_FRAMES_PER_TURN
     hi = min(turns[1], cap)
     return (min(turns[0], hi), hi)
+
+
+def _inward_phase(theta0, a, b, p0):
+    """``theta0``, or ``theta0 + pi`` (mod 2 pi) where that puts the circle's
+    centre ``p0 - r (cos theta0 a + sin theta0 b)`` on the stage-centre side
+    of the start ``p0``. A uniform phase stays uniform; the circle then
+    sweeps across the frame from a start near the border instead of leaving
+    it."""
+    out_dir = (_m.cos(theta0)[:, None] * a + _m.sin(theta0)[:, None] * b)
+    flip = np.sum(out_dir * p0, axis=-1) < 0.0
+    return np.where(flip, np.where(theta0 >= np.pi, theta0 - np.pi, theta0 + np.pi), theta0)
 
 
 def _vec(x):
@@ -180,22 +203,37 @@ class Trajectory:
 class Linear(Trajectory):
     """Constant velocity: ``p(t) = p0 + t * v``.
 
-    Parameters drawn: travel per clip in ``travel`` metres, a direction at
-    least 35 degrees away from the optical axis, and a centre offset; ``p0``
-    is placed so that the path is centred on that offset.
+    Parameters drawn: the start ``p0`` (see :data:`START_JITTER`), travel
+    per clip in ``travel`` metres and a direction at least 35 degrees away
+    from the optical axis (uniform on the rest of the sphere, then turned
+    towards the stage centre across the image, so that a clip that starts
+    near the border crosses the frame).
     """
 
     name = "linear"
     param_shapes = {"p0": (3,), "v": (3,)}
-    travel = (1.2, 2.4)
+    travel = (1.3, 1.75)
+    reach = 1.2
     min_angle_to_view_deg = 35.0
 
     def params_from_uniforms(self, u, ctx):
         speed = _lerp(u[:, 3], self.travel) / ctx.clip_seconds
         direction = _band(ctx.view, u[:, 4], u[:, 5], self.min_angle_to_view_deg)
-        v = speed[:, None] * direction
-        p0 = _centre(u) - v * (ctx.clip_seconds / 2.0)
-        return {"p0": p0, "v": v}
+        p0 = _start(u)
+        # head towards the stage centre (the band is symmetric, so the flip
+        # keeps the direction's distribution): a start near the border then
+        # crosses the frame instead of leaving it, and the start itself,
+        # drawn first, is untouched
+        across = direction - np.sum(direction * ctx.view, axis=-1)[:, None] * ctx.view
+        along = np.sum(across * p0, axis=-1)
+        inward = np.where(along > 0.0, -1.0, 1.0)
+        # a long travel only from a start on the far side: the end stays
+        # within ``reach`` metres of the stage centre across the image
+        # (``-|along| / |across|`` is the start's offset along the travel)
+        across_len = np.sqrt(np.sum(across * across, axis=-1))
+        cap = (self.reach * across_len + np.abs(along)) / (across_len * across_len)
+        speed = np.minimum(speed, np.maximum(cap, self.travel[0]) / ctx.clip_seconds)
+        return {"p0": p0, "v": (speed * inward)[:, None] * direction}
 
     def positions(self, params, t):
         t = np.asarray(t, dtype=np.float64)[:, None]
@@ -223,8 +261,8 @@ class Circular(Trajectory):
     name = "circular"
     param_shapes = {"centre": (3,), "radius": (), "omega": (), "theta0": (),
                     "a": (3,), "b": (3,), "normal": (3,)}
-    radius = (0.5, 1.0)
-    turns = (0.5, 0.85)
+    radius = (0.35, 0.7)
+    turns = (0.4, 0.85)
     max_normal_angle_deg = 55.0
 
     def params_from_uniforms(self, u, ctx):
@@ -233,8 +271,13 @@ class Circular(Trajectory):
         omega = sign * 2.0 * np.pi * turns / ctx.clip_seconds
         normal = _cone(-ctx.view, u[:, 7], u[:, 8], self.max_normal_angle_deg)
         a, b = _orthonormal_basis(normal)
-        return {"centre": _centre(u), "radius": _lerp(u[:, 3], self.radius),
-                "omega": omega, "theta0": 2.0 * np.pi * u[:, 6],
+        radius = _lerp(u[:, 3], self.radius)
+        p0 = _start(u)
+        theta0 = _inward_phase(2.0 * np.pi * u[:, 6], a, b, p0)
+        # the circle is placed so that the clip starts at the drawn start
+        centre = p0 - radius[:, None] * (_m.cos(theta0)[:, None] * a
+                                         + _m.sin(theta0)[:, None] * b)
+        return {"centre": centre, "radius": radius, "omega": omega, "theta0": theta0,
                 "a": a, "b": b, "normal": normal}
 
     def positions(self, params, t):
@@ -270,25 +313,30 @@ class Helical(Trajectory):
     name = "helical"
     param_shapes = {"centre": (3,), "radius": (), "omega": (), "theta0": (),
                     "a": (3,), "b": (3,), "axis": (3,), "axial_speed": ()}
-    radius = (0.4, 0.8)
+    radius = (0.3, 0.6)
     # at least a full turn and a clear rise when the frame count allows it
     # (16 frames), so a helix is not mistaken for a tilted partial circle
     turns = (1.0, 1.6)
-    rise = (1.2, 2.0)          # metres along the axis per clip
+    rise = (0.6, 1.1)          # metres along the axis per clip
     max_axis_tilt_deg = 20.0
 
     def params_from_uniforms(self, u, ctx):
         turns = _lerp(u[:, 4], _turns_range(self.turns, ctx.n_frames))
         sign = np.where(u[:, 5] < 0.5, 1.0, -1.0)
         omega = sign * 2.0 * np.pi * turns / ctx.clip_seconds
-        up = np.where(u[:, 9:10] < 0.5, 1.0, -1.0) * np.array([0.0, 0.0, 1.0])
+        p0 = _start(u)
+        # rising from a low start, sinking from a high one (both equally
+        # often: the start box is symmetric)
+        up = np.where(p0[:, 2:3] <= 0.0, 1.0, -1.0) * np.array([0.0, 0.0, 1.0])
         axis = _cone(up, u[:, 7], u[:, 8], self.max_axis_tilt_deg)
         a, b = _orthonormal_basis(axis)
         h = _lerp(u[:, 10], self.rise) / ctx.clip_seconds
-        centre = _centre(u) - axis * (h * ctx.clip_seconds / 2.0)[:, None]
-        return {"centre": centre, "radius": _lerp(u[:, 3], self.radius), "omega": omega,
-                "theta0": 2.0 * np.pi * u[:, 6], "a": a, "b": b, "axis": axis,
-                "axial_speed": h}
+        radius = _lerp(u[:, 3], self.radius)
+        theta0 = _inward_phase(2.0 * np.pi * u[:, 6], a, b, p0)
+        centre = p0 - radius[:, None] * (_m.cos(theta0)[:, None] * a
+                                         + _m.sin(theta0)[:, None] * b)
+        return {"centre": centre, "radius": radius, "omega": omega, "theta0": theta0,
+                "a": a, "b": b, "axis": axis, "axial_speed": h}
 
     def positions(self, params, t):
         t = np.asarray(t, dtype=np.float64)
@@ -314,16 +362,50 @@ class Parabolic(Trajectory):
     """Projectile under gravity: ``p(t) = p0 + t·v0 + ½ t²·g``,
     ``g = (0, 0, -gravity)``.
 
-    The launch has an upward speed of 0.4-0.6 ``g·T`` (``T``: clip
-    duration), so the apex falls inside the clip, and a horizontal speed
-    within 45 degrees of the image plane, to the left or right at random.
+    The clip starts at ``p0`` (see :data:`START_JITTER`) with a horizontal
+    speed within 45 degrees of the image plane, to the left or right,
+    towards the stage centre. The upward launch speed sets *which part* of the flight is
+    shown, through the apex time as a fraction of the clip,
+    ``s = v_z0 / (g T)`` (``T``: clip duration): the clip only falls when
+    ``s <= 0``, only rises when ``s >= 1`` and passes its apex otherwise.
+    ``s`` is drawn so that the path never climbs above or drops below its
+    start by more than ``vertical_excursion`` metres, which keeps a throw
+    as able to start anywhere in the frame as the other classes:
+
+    * when the budget allows both (``g T² / 2 <= vertical_excursion``, e.g.
+      low gravity or short clips), a quarter of the clips only fall, a
+      quarter only rise and half pass the apex, in these fixed proportions;
+    * otherwise (the default: a 1 s clip under 9.81 m/s² that only rose
+      would climb at least 4.9 m, more than the field of view) every clip
+      passes its apex, with ``s`` over the admissible range (0.38-0.50 by
+      default: the apex in the first half, the path centred on its start
+      near ``s = √2 - 1``), later for a low start and earlier for a high one.
     """
 
     name = "parabolic"
     param_shapes = {"p0": (3,), "v0": (3,), "g": (3,)}
-    horizontal_travel = (0.8, 2.0)   # metres per clip
-    vertical_ratio = (0.4, 0.6)      # v_z0 / (g T)
+    horizontal_travel = (0.6, 1.4)   # metres per clip
+    vertical_excursion = 1.2         # metres above or below the start, at most
     max_off_plane_deg = 45.0
+    #: probabilities of (falling only, passing the apex, rising only) when
+    #: the vertical budget admits all three
+    regime_weights = (0.25, 0.5, 0.25)
+
+    def apex_fraction_range(self, ctx):
+        """Admissible range ``(lo, hi)`` of the apex fraction ``s``.
+
+        Rise above the start is ``s² g T² / 2`` for ``0 <= s <= 1`` and
+        ``(2 s - 1) g T² / 2`` beyond; the drop below it is
+        ``(1 - 2 s) g T² / 2`` for ``s <= 1/2``. Both are kept within
+        ``vertical_excursion``; when no ``s`` satisfies both (very strong
+        gravity), the range collapses to the one that exceeds it least.
+        """
+        e = 2.0 * self.vertical_excursion / (ctx.gravity * ctx.clip_seconds ** 2)
+        lo = 0.5 * (1.0 - e)
+        hi = math.sqrt(e) if e <= 1.0 else 0.5 * (1.0 + e)
+        if lo > hi:
+            lo = hi = math.sqrt(2.0) - 1.0   # the path centred on its start
+        return lo, hi
 
     def params_from_uniforms(self, u, ctx):
         n = u.shape[0]
@@ -333,22 +415,31 @@ class Parabolic(Trajectory):
         right[:, 2] = 0.0
         right = _norm(right)
         ang = np.deg2rad((2.0 * u[:, 4] - 1.0) * self.max_off_plane_deg)
-        side = np.where(u[:, 5] < 0.5, 1.0, -1.0)
         c, s = _m.cos(ang), _m.sin(ang)
-        hx = side * (c * right[:, 0] - s * right[:, 1])
-        hy = side * (s * right[:, 0] + c * right[:, 1])
+        hx = c * right[:, 0] - s * right[:, 1]
+        hy = s * right[:, 0] + c * right[:, 1]
+        p0 = _start(u)
+        # thrown towards the stage centre, left or right (see Linear)
+        side = np.where(hx * p0[:, 0] + hy * p0[:, 1] > 0.0, -1.0, 1.0)
+        hx, hy = side * hx, side * hy
         speed = _lerp(u[:, 3], self.horizontal_travel) / T
-        vz = _lerp(u[:, 6], self.vertical_ratio) * g * T
+        lo, hi = self.apex_fraction_range(ctx)
+        if hi > 1.0:
+            # fixed proportions of falling-only, apex and rising-only clips
+            w_fall, w_apex, _ = self.regime_weights
+            k = u[:, 7]
+            frac = np.where(k < w_fall, _lerp(u[:, 6], (lo, 0.0)),
+                            np.where(k < w_fall + w_apex, u[:, 6], _lerp(u[:, 6], (1.0, hi))))
+        else:
+            # all throws pass the apex; a high start tends to an early apex
+            # (mostly falling), a low one to a late apex (mostly rising), so
+            # the throw stays in the frame wherever it starts
+            low = 0.5 - 0.5 * np.clip(p0[:, 2] / START_JITTER, -1.0, 1.0)
+            frac = _lerp(0.5 * (u[:, 6] + low), (lo, hi))
+        vz = frac * g * T
         v0 = np.stack([speed * hx, speed * hy, vz], axis=-1)
-        # centre the path's bounding box (horizontal midpoint, vertical
-        # mid-range) on the drawn centre offset
-        t_apex = np.clip(vz / g, 0.0, T)
-        z_apex = vz * t_apex - 0.5 * g * t_apex**2
-        z_end = vz * T - 0.5 * g * T**2
-        z_mid = 0.5 * (z_apex + np.minimum(0.0, z_end))
-        offset = np.stack([v0[:, 0] * T / 2, v0[:, 1] * T / 2, z_mid], axis=-1)
         gvec = np.broadcast_to(np.array([0.0, 0.0, -g]), (n, 3)).copy()
-        return {"p0": _centre(u) - offset, "v0": v0, "g": gvec}
+        return {"p0": p0, "v0": v0, "g": gvec}
 
     def positions(self, params, t):
         t = np.asarray(t, dtype=np.float64)[:, None]
@@ -361,9 +452,16 @@ class Parabolic(Trajectory):
     def description(self, p, clip_seconds):
         vz = p["v0"][2]
         g = -p["g"][2]
-        return (f"Parabolic throw under gravity {g:.2f} m/s², launched at "
-                f"{_length(p['v0']):.2f} m/s (upward {vz:.2f} m/s), apex at "
-                f"t = {vz / g:.2f} s, over {clip_seconds:.2f} s.")
+        t_apex = vz / g
+        if t_apex <= 0.0:
+            part = f"falling throughout (apex at t = {t_apex:.2f} s, before the clip)"
+        elif t_apex >= clip_seconds:
+            part = f"rising throughout (apex at t = {t_apex:.2f} s, after the clip)"
+        else:
+            part = f"apex at t = {t_apex:.2f} s"
+        return (f"Parabolic throw under gravity {g:.2f} m/s², moving at "
+                f"{_length(p['v0']):.2f} m/s (upward {vz:.2f} m/s) at the start, {part}, "
+                f"over {clip_seconds:.2f} s.")
 
 
 #: Registry of trajectory classes by name (the label order of a spec is its
