@@ -278,8 +278,9 @@ def test_tokenizer_bad_parameters(tok_data):
         K.make_tokenizer(16, codebook_size=100)
     even = Split(train.videos[:, :4], train.labels, train.pixels[:, :4], train.radius[:, :4],
                  train.indices, train.class_names, train.image_size)
-    with pytest.raises(ValueError, match=r"odd number of frames"):
-        K.train_tokenizer(even, n_steps=1)
+    with pytest.raises(ValueError, match=r"The 'train' parameter of train_tokenizer must be a "
+                                         r"Split of clips of 1 \+ k \* 2 frames .* Got '4 frames'"):
+        K.train_tokenizer(even, **{**TINY, "n_steps": 1})
 
 
 def test_measured_dots_match_the_stored_ground_truth():

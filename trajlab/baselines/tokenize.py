@@ -14,8 +14,8 @@ the metrics of :mod:`trajlab.metrics` on a split, and
 
 Offline settings (no downloads): ``perceptual_loss_weight=0`` (the default
 perceptual loss fetches VGG16 weights) and ``use_gan=False``. Clips are
-``(B, 3, T, H, W)`` in [0, 1] with ``T = 1 + k * 2**m`` (17 frames for the
-two ``compress_time`` ... here one, so any odd T works).
+``(B, 3, T, H, W)`` in [0, 1]; magvit-style trainers take ``T = 1 + k * 2**m``
+(17 frames), and with ``m`` ``compress_time`` layers the tokenizer needs it.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ __all__ = ["DEFAULT_LAYERS", "make_tokenizer", "foreground_weights", "train_toke
            "TokenizerRun", "encode", "evaluate_tokenizer", "CodeCNN", "classify_codes",
            "to_cthw", "code_classification", "report", "targets"]
 
-#: Encoder layers: 32^2 -> 8^2 in space, T -> (T + 1) / 2 in time.
-DEFAULT_LAYERS = (("compress_space", 32), ("compress_space", 32), "residual",
-                  ("compress_time", 64), "residual")
+#: Encoder layers: 32^2 -> 8^2 in space (one 8-bit token per 4 x 4 pixels of a
+#: frame); time is not compressed, but the causal 3D convolutions see the
+#: previous frames. With a ``("compress_time", dim)`` layer added, a token
+#: covers two frames: on CPU budgets that trained slower (at 800 steps: dot
+#: within 1 px in 66 % of test frames against 96 % without it).
+DEFAULT_LAYERS = (("compress_space", 32), ("compress_space", 32), "residual")
 LOSSES = ("mse", "weighted")
 
 
@@ -148,7 +151,7 @@ class TokenizerRun:
                 f"{self.n_params:,} parameters, codebook {self.codebook_size}")
 
 
-def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=1e-3,
+def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=2e-3,
                     fg_weight=50.0, codebook_size=256, init_dim=16, layers=DEFAULT_LAYERS,
                     seed=0, progress=True, max_seconds=None):
     """Train a :func:`make_tokenizer` model on the clips of ``train``.
@@ -156,8 +159,8 @@ def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=1e-
     Parameters
     ----------
     train : Split
-        Square clips with an odd number of frames (17 for magvit-style
-        trainers).
+        Square clips of ``1 + k * 2**m`` frames for ``m`` ``compress_time``
+        layers (17 frames fit magvit-style trainers).
     loss : {'mse', 'weighted'}, default='weighted'
         ``'mse'``: the library's loss (``model(video, return_loss=True)``,
         plain MSE + LFQ auxiliary loss). ``'weighted'``: the same with the
@@ -182,13 +185,14 @@ def train_tokenizer(train, *, loss="weighted", n_steps=500, batch_size=8, lr=1e-
     n_steps = v.check_int(n_steps, "n_steps", own, 1)
     batch_size = v.check_int(batch_size, "batch_size", own, 1)
     fg_weight = v.check_float(fg_weight, "fg_weight", own, 0.0)
-    if train.n_frames % 2 != 1:
-        v.fail("train", own, "a Split of clips with an odd number of frames (1 + 2k, e.g. 17)",
-               train.n_frames)
     recon_mse = []
     with seeded(seed) as gen:
         model = make_tokenizer(train.image_size, codebook_size=codebook_size, init_dim=init_dim,
                                layers=layers)
+        factor = model.time_downsample_factor
+        if (train.n_frames - 1) % factor:
+            v.fail("train", own, f"a Split of clips of 1 + k * {factor} frames (the time "
+                   f"compression of these layers), e.g. 17", f"{train.n_frames} frames")
         params = list(model.parameters())
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_steps,
@@ -280,10 +284,12 @@ class CodeCNN(nn.Module):
     def __init__(self, n_in, grid, n_classes, width=32):
         super().__init__()
         t, h, w = grid
+        pooled = (max(t // 2, 1), max(h // 2, 1), max(w // 2, 1))
         self.net = nn.Sequential(
             nn.Conv3d(n_in, width, 3, padding=1), nn.ReLU(),
             nn.Conv3d(width, width, 3, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(width * t * h * w, 128), nn.ReLU(),
+            nn.AdaptiveMaxPool3d(pooled),
+            nn.Flatten(), nn.Linear(width * pooled[0] * pooled[1] * pooled[2], 128), nn.ReLU(),
             nn.Linear(128, n_classes))
 
     def forward(self, x):
