@@ -187,7 +187,8 @@ def train_loop(step_fn, n_steps, *, desc, progress=True, max_seconds=None, log_e
     desc : str
         Progress bar label.
     progress : bool
-        Show a ``tqdm.auto`` bar.
+        Show progress: a ``tqdm.auto`` bar, or text lines every 30 s on
+        stdout when ``TRAJLAB_PROGRESS=text`` (headless ``trajlab run``).
     max_seconds : float, optional
         Stop early when the training time exceeds this (recorded in the
         result; results are then no longer a function of the seed alone).
@@ -198,17 +199,30 @@ def train_loop(step_fn, n_steps, *, desc, progress=True, max_seconds=None, log_e
         ``losses`` (list of float per step), ``steps`` done, ``seconds``,
         ``stopped_early`` (bool).
     """
+    from ..progress import resolve_mode
+
     losses = []
     start = time.perf_counter()
     stopped = False
-    bar = tqdm(total=n_steps, desc=desc, disable=not progress, mininterval=2.0, leave=False)
+    mode = resolve_mode("auto") if progress else "none"
+    # headless runs (`trajlab run` sets TRAJLAB_PROGRESS=text): plain lines on
+    # stdout every 30 s, which reach the run's log and the notebook
+    text = mode == "text"
+    bar = tqdm(total=n_steps, desc=desc, disable=mode in ("none", "text"), mininterval=2.0,
+               leave=False)
+    last_line = start
     log_every = log_every or max(1, n_steps // 50)
     try:
         for step in range(n_steps):
             losses.append(float(step_fn(step)))
             bar.update(1)
             if step % log_every == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4g}")
+                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4g}", refresh=False)
+            now = time.perf_counter()
+            if text and (now - last_line >= 30.0 or step + 1 == n_steps):
+                last_line = now
+                print(f"{desc}: step {step + 1}/{n_steps}, loss {np.mean(losses[-log_every:]):.4g}"
+                      f", {now - start:.0f} s", flush=True)
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 stopped = step + 1 < n_steps
                 break
