@@ -310,3 +310,16 @@ def test_render_forecast_puts_the_dot_where_the_position_model_says(tiny):
     assert inside.any() and err[inside].max() < 0.3      # sub-pixel dots, uint8 rounding
     text = F.frame_report({"rendered": a})
     assert "rendered" in text and "copy last" in text and "dot within 2 px" in text
+
+
+def test_time_cap_stops_before_the_budget_is_spent():
+    import time
+
+    from trajlab.baselines._common import train_loop
+
+    hist = train_loop(lambda s: time.sleep(0.02) or 1.0, 1000, desc="x", progress=False,
+                      max_seconds=0.2)
+    assert hist["stopped_early"] and 3 <= hist["steps"] < 1000
+    assert hist["seconds"] <= 0.2 + 0.02           # at most one step's jitter past the cap
+    full = train_loop(lambda s: 0.5, 5, desc="x", progress=False, max_seconds=60)
+    assert full["steps"] == 5 and not full["stopped_early"] and full["losses"] == [0.5] * 5

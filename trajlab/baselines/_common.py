@@ -190,8 +190,9 @@ def train_loop(step_fn, n_steps, *, desc, progress=True, max_seconds=None, log_e
         Show progress: a ``tqdm.auto`` bar, or text lines every 30 s on
         stdout when ``TRAJLAB_PROGRESS=text`` (headless ``trajlab run``).
     max_seconds : float, optional
-        Stop early when the training time exceeds this (recorded in the
-        result; results are then no longer a function of the seed alone).
+        Stop early, before the training time would exceed this (the mean
+        step time so far predicts the next step; recorded in the result;
+        results are then no longer a function of the seed alone).
 
     Returns
     -------
@@ -223,7 +224,9 @@ def train_loop(step_fn, n_steps, *, desc, progress=True, max_seconds=None, log_e
                 last_line = now
                 print(f"{desc}: step {step + 1}/{n_steps}, loss {np.mean(losses[-log_every:]):.4g}"
                       f", {now - start:.0f} s", flush=True)
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            # stop before a step would end past the cap (a budget is a ceiling)
+            spent = now - start
+            if max_seconds is not None and spent + spent / (step + 1) > max_seconds:
                 stopped = step + 1 < n_steps
                 break
     finally:
