@@ -136,3 +136,17 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"The 'pixels' parameter of localisation must have "
                                          r"shape \(1, 2, 2\)"):
         M.localisation(_block_video((0, 2), (0, 2)), np.zeros((1, 3, 2)), 0.0)
+
+
+def test_chunked_metrics_equal_one_pass(monkeypatch):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 255, (5, 3, 3, 16, 16), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)
+    whole = (M.psnr(a, b), M.ssim(a, b), M.dot_centroids(a, M.background(b)))
+    monkeypatch.setattr(M, "CHUNK", 2)          # 15 frames in 8 chunks
+    parts = (M.psnr(a, b), M.ssim(a, b), M.dot_centroids(a, M.background(b)))
+    assert parts[0] == pytest.approx(whole[0], abs=1e-4)
+    assert parts[1] == pytest.approx(whole[1], abs=1e-5)
+    np.testing.assert_allclose(parts[2], whole[2], atol=1e-9)
+    mse = np.mean((a / 255.0 - b / 255.0) ** 2)
+    assert whole[0] == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)

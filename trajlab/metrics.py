@@ -36,8 +36,7 @@ with warnings.catch_warnings():
     # test set-up warns that its C image ops are missing, which no metric
     # here uses
     warnings.simplefilter("ignore")
-    from torchmetrics.functional.image import (peak_signal_noise_ratio,
-                                               structural_similarity_index_measure)
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 __all__ = ["as_float", "background", "psnr", "ssim", "frame_metrics", "dot_centroids",
            "localisation", "codebook_usage"]
@@ -48,6 +47,9 @@ MIN_PEAK = 0.25
 #: Pixels whose foreground weight is below this fraction of the frame's peak
 #: are ignored by the centroid (faint haze far from the dot would pull it).
 REL_THRESHOLD = 0.2
+#: Frames per chunk: metrics accumulate over chunks, so memory stays flat
+#: whatever the size of the split.
+CHUNK = 256
 
 
 def as_float(frames):
@@ -121,7 +123,13 @@ def psnr(pred, target):
     float
     """
     p, t = _pair(pred, target, "psnr")
-    return float(peak_signal_noise_ratio(p.clamp(0, 1), t, data_range=1.0))
+    H, W = t.shape[-2:]
+    p, t = p.reshape(-1, 3, H, W), t.reshape(-1, 3, H, W)
+    # torchmetrics accumulates the squared error over updates: PSNR of the whole set
+    metric = PeakSignalNoiseRatio(data_range=1.0)
+    for a in range(0, len(t), CHUNK):
+        metric.update(p[a:a + CHUNK].clamp(0, 1), t[a:a + CHUNK])
+    return float(metric.compute())
 
 
 def ssim(pred, target):
@@ -138,8 +146,11 @@ def ssim(pred, target):
     """
     p, t = _pair(pred, target, "ssim")
     H, W = t.shape[-2:]
-    p, t = p.reshape(-1, 3, H, W).clamp(0, 1), t.reshape(-1, 3, H, W)
-    return float(structural_similarity_index_measure(p, t, data_range=1.0))
+    p, t = p.reshape(-1, 3, H, W), t.reshape(-1, 3, H, W)
+    metric = StructuralSimilarityIndexMeasure(data_range=1.0)
+    for a in range(0, len(t), CHUNK):
+        metric.update(p[a:a + CHUNK].clamp(0, 1), t[a:a + CHUNK])
+    return float(metric.compute())
 
 
 def frame_metrics(pred, target, trivial):
@@ -188,9 +199,20 @@ def dot_centroids(frames, bg, *, min_peak=MIN_PEAK, rel_threshold=REL_THRESHOLD)
     """
     v.check_float(min_peak, "min_peak", "dot_centroids", 0.0, 1.0)
     v.check_float(rel_threshold, "rel_threshold", "dot_centroids", 0.0, 1.0, closed_high=False)
-    x = as_float(frames).double()
-    b = as_float(bg).double() if not isinstance(bg, (int, float)) else torch.tensor(float(bg))
-    w = (x - b).abs().mean(dim=-3)                          # (..., H, W)
+    x = as_float(frames)
+    b = as_float(bg) if not isinstance(bg, (int, float)) else torch.tensor(float(bg))
+    b = b.expand_as(x)
+    lead = x.shape[:-3]
+    x, b = x.reshape(-1, *x.shape[-3:]), b.reshape(-1, *x.shape[-3:])
+    out = np.concatenate([_centroids(x[a:a + CHUNK], b[a:a + CHUNK], min_peak, rel_threshold)
+                          for a in range(0, max(len(x), 1), CHUNK)]) if len(x) else \
+        np.zeros((0, 2))
+    return out.reshape(*lead, 2)
+
+
+def _centroids(x, b, min_peak, rel_threshold):
+    """:func:`dot_centroids` of frames (n, 3, H, W) in float64."""
+    w = (x.double() - b.double()).abs().mean(dim=-3)        # (n, H, W)
     H, W = w.shape[-2:]
     peak = w.flatten(-2).max(dim=-1).values                 # (...,)
     w = torch.where(w >= rel_threshold * peak[..., None, None], w, torch.zeros_like(w))
