@@ -39,6 +39,9 @@ run: setup
 	$(VENV)/bin/trajlab run notebooks/01_explore_trajectories.ipynb
 	$(VENV)/bin/trajlab run notebooks/02_generate_dataset.ipynb
 	$(VENV)/bin/trajlab run notebooks/03_validate_dataset.ipynb
+	$(VENV)/bin/trajlab run notebooks/04_classify.ipynb
+	$(VENV)/bin/trajlab run notebooks/05_forecast.ipynb
+	$(VENV)/bin/trajlab run notebooks/06_tokenize.ipynb
 
 test: setup browser-deps
 	$(PY) -m pytest tests --nbval-lax --nbval-current-env notebooks -q
