@@ -25,7 +25,7 @@ import numpy as np
 from . import _validation as v
 from .generator import SPLITS
 from .progress import HEARTBEAT_RANGE, MODES, TEXT_INTERVAL_RANGE, Progress
-from .spec import DatasetSpec, Param
+from .spec import DatasetSpec, Param, check_table
 from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE,
                       RunDirError, RunLayout, RunLock, open_for_writing, pwrite_all,
                       available_memory, build_manifest, check_array_file,
@@ -216,12 +216,7 @@ def check_generate_args(values, owner="generate"):
     dict
         The normalised values, in the same keys.
     """
-    out = {}
-    for name, value in values.items():
-        if name not in GENERATE_PARAMS:
-            raise TypeError(f"Unknown generate parameter {name!r} given to {owner}; valid "
-                            f"parameters are {list(GENERATE_PARAMS)}.")
-        out[name] = GENERATE_PARAMS[name].check(value, name, owner)
+    out = check_table(GENERATE_PARAMS, values, owner, "generate")
     if "backend" in out or "scheduler" in out:
         check_backend(out.get("backend"), out.get("scheduler"), owner)
     return out

@@ -110,6 +110,16 @@ def _pair(pred, target, owner):
     return p, t
 
 
+def _over_chunks(metric, pred, target, name):
+    """Feed a torchmetrics metric frame chunk by frame chunk (bounded memory)."""
+    p, t = _pair(pred, target, name)
+    H, W = t.shape[-2:]
+    p, t = p.reshape(-1, 3, H, W), t.reshape(-1, 3, H, W)
+    for a in range(0, len(t), CHUNK):
+        metric.update(p[a:a + CHUNK].clamp(0, 1), t[a:a + CHUNK])
+    return float(metric.compute())
+
+
 def psnr(pred, target):
     """PSNR (dB, data range 1) of the whole set: ``10 log10(1 / MSE)`` over
     every value (torchmetrics). ``inf`` for a perfect prediction.
@@ -122,14 +132,8 @@ def psnr(pred, target):
     -------
     float
     """
-    p, t = _pair(pred, target, "psnr")
-    H, W = t.shape[-2:]
-    p, t = p.reshape(-1, 3, H, W), t.reshape(-1, 3, H, W)
     # torchmetrics accumulates the squared error over updates: PSNR of the whole set
-    metric = PeakSignalNoiseRatio(data_range=1.0)
-    for a in range(0, len(t), CHUNK):
-        metric.update(p[a:a + CHUNK].clamp(0, 1), t[a:a + CHUNK])
-    return float(metric.compute())
+    return _over_chunks(PeakSignalNoiseRatio(data_range=1.0), pred, target, "psnr")
 
 
 def ssim(pred, target):
@@ -144,13 +148,7 @@ def ssim(pred, target):
     -------
     float
     """
-    p, t = _pair(pred, target, "ssim")
-    H, W = t.shape[-2:]
-    p, t = p.reshape(-1, 3, H, W), t.reshape(-1, 3, H, W)
-    metric = StructuralSimilarityIndexMeasure(data_range=1.0)
-    for a in range(0, len(t), CHUNK):
-        metric.update(p[a:a + CHUNK].clamp(0, 1), t[a:a + CHUNK])
-    return float(metric.compute())
+    return _over_chunks(StructuralSimilarityIndexMeasure(data_range=1.0), pred, target, "ssim")
 
 
 def frame_metrics(pred, target, trivial):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import _validation as v
 
 __all__ = ["CameraSpec", "DatasetSpec", "DATA_VERSION", "STYLES", "RADIUS_MODES", "PRESETS",
-           "PARAMS", "Param", "check_fields"]
+           "PARAMS", "Param", "check_fields", "check_table"]
 
 #: Version of the generation algorithm. Bumped whenever the bytes produced
 #: for a given spec change; it is part of the fingerprint, so datasets made
@@ -241,6 +241,22 @@ PARAMS = {p.name: p for p in (
 )}
 
 
+def check_table(table, values, owner, kind):
+    """Check ``values`` (name -> value) against a parameter table (name -> Param).
+
+    The one loop behind every owner's table (:data:`PARAMS` here,
+    ``engine.GENERATE_PARAMS``): an unknown name is a TypeError listing the
+    valid ones; each value is checked with ``owner`` named in the message.
+    """
+    out = {}
+    for name, value in values.items():
+        if name not in table:
+            raise TypeError(f"Unknown {kind} parameter {name!r} given to {owner}; valid "
+                            f"parameters are {list(table)}.")
+        out[name] = table[name].check(value, name, owner)
+    return out
+
+
 def check_fields(values, owner):
     """Validate and normalise DatasetSpec fields given as a dict.
 
@@ -258,12 +274,7 @@ def check_fields(values, owner):
     dict
         The normalised values, in the same keys.
     """
-    out = {}
-    for name, value in values.items():
-        if name not in PARAMS:
-            raise TypeError(f"Unknown DatasetSpec parameter {name!r} given to {owner}; valid "
-                            f"parameters are {list(PARAMS)}.")
-        out[name] = PARAMS[name].check(value, name, owner)
+    out = check_table(PARAMS, values, owner, "DatasetSpec")
     color, background = out.get("object_color"), out.get("background_color")
     if color is not None and color != "random" and color == background:
         v.fail("object_color", owner,
