@@ -33,6 +33,15 @@ def snapshot(run_dir):
     return out
 
 
+def default_sigint():
+    """preexec_fn for children that a test interrupts with SIGINT: a process
+    started in the background by a shell inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt (the CI harness must not decide that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args, check=False, timeout=300, **kw):
     """Run ``python -m trajlab ARGS`` and return the CompletedProcess."""
     env = dict(os.environ, TRAJLAB_PROGRESS="none")

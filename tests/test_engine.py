@@ -19,7 +19,7 @@ from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_
 from trajlab.engine import _finalize, find_bad_shards
 from trajlab.storage import RunLayout, load_layout, write_json_atomic, write_shard
 
-from _util import run_cli, snapshot, tree_digest
+from _util import default_sigint, run_cli, snapshot, tree_digest
 
 SMALL = DatasetSpec(n_samples=150, n_frames=8, image_size=16, seed=7)
 
@@ -99,7 +99,8 @@ def _spawn(rd, n, shard, extra=()):
     return subprocess.Popen(
         [sys.executable, "-m", "trajlab", "generate", str(rd), "-n", str(n), "--n-frames", "8",
          "--image-size", "32", "--seed", "11", "--shard-size", str(shard), "-j", "2", *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=default_sigint)
 
 
 def _records(rd):

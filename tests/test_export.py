@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _util import small_run
+from _util import default_sigint, small_run
 
 import trajlab
 import trajlab.export as ex
@@ -294,7 +294,8 @@ def _start_slow_export(run, out):
     import sys
 
     return subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, run["dir"], str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
 
 
 def _wait_for_file(d, timeout=60):
