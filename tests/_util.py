@@ -62,3 +62,31 @@ def small_run(tmp_path_factory, name, seed, n=40, frames=8, size=16, shard=8):
     trajlab.generate(spec, run_dir, n_jobs=1, shard_size=shard, progress="none")
     videos, labels, ann = trajlab.make_trajectories(n, spec=spec, return_annotations=True)
     return {"dir": str(run_dir), "spec": spec, "videos": videos, "labels": labels, "ann": ann}
+
+
+def descendants(pid):
+    """Process ids below ``pid`` (one scan of /proc)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    parent[int(d)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def alive(pid):
+    """True while ``pid`` exists and is neither a zombie nor dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -19,7 +19,7 @@ from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_
 from trajlab.engine import _finalize, find_bad_shards
 from trajlab.storage import RunLayout, load_layout, write_json_atomic, write_shard
 
-from _util import default_sigint, run_cli, snapshot, tree_digest
+from _util import alive, default_sigint, descendants, run_cli, snapshot, tree_digest
 
 SMALL = DatasetSpec(n_samples=150, n_frames=8, image_size=16, seed=7)
 
@@ -765,52 +765,20 @@ def test_object_colour_equal_to_background_is_refused(tmp_path):
 
 
 # ------------------------------------------------- orphan workers
-def _children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def _descendants(pid):
-    out, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def test_workers_exit_within_seconds_of_a_killed_parent(tmp_path):
     rd = tmp_path / "run"
     workers = []
     proc = _spawn(rd, KILL_SPEC.n_samples, 50)
     try:
         _wait_for(lambda: len(_records(rd)) >= 3 or proc.poll() is not None)
-        workers = _descendants(proc.pid)
+        workers = descendants(proc.pid)
         assert len(workers) >= 2
         os.kill(proc.pid, signal.SIGKILL)       # the parent only, not its group
         proc.wait()
         t0 = time.time()
-        while any(_alive(p) for p in workers) and time.time() - t0 < 10:
+        while any(alive(p) for p in workers) and time.time() - t0 < 10:
             time.sleep(0.1)
-        assert [p for p in workers if _alive(p)] == [], "workers outlived their parent"
+        assert [p for p in workers if alive(p)] == [], "workers outlived their parent"
     finally:
         for p in [proc.pid] + workers:      # whatever is left (before the fix: the workers)
             with contextlib.suppress(ProcessLookupError):

@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from _util import alive, descendants
 
 from trajlab.notebook_cli import cli_run
 from trajlab.notebook_params import notebook_parameters, parse_value, validate_parameters
@@ -356,33 +357,6 @@ def test_output_notebook_is_autosaved_while_a_long_cell_runs(no_git):
     assert seen_running, "no partial output saved while the cell was running"
 
 
-def _descendants(pid):
-    """Process ids below ``pid`` (from /proc)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    parent[int(d)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_killing_trajlab_run_leaves_no_process_behind(tmp_path):
     """SIGKILL of `trajlab run` during a generation: its kernel and the
@@ -404,14 +378,14 @@ def test_killing_trajlab_run_leaves_no_process_behind(tmp_path):
             assert proc.poll() is None, "trajlab run ended before the generation started"
             assert time.time() - t0 < 240
             time.sleep(0.01)
-        below = _descendants(proc.pid)
+        below = descendants(proc.pid)
         assert len(below) >= 3          # the kernel and its two workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         t0 = time.time()
-        while any(_alive(p) for p in below) and time.time() - t0 < 20:
+        while any(alive(p) for p in below) and time.time() - t0 < 20:
             time.sleep(0.2)
-        assert [p for p in below if _alive(p)] == []
+        assert [p for p in below if alive(p)] == []
     finally:
         for p in [proc.pid] + below:        # whatever is left (before the fix: all of them)
             try:

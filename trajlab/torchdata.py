@@ -153,6 +153,13 @@ def _check_transform(value, name, owner):
     return value
 
 
+def _check_lengths(owner, n_context, n_future):
+    """Types of the forecast lengths; their ranges depend on the data's T."""
+    for name, value in (("n_context", n_context), ("n_future", n_future)):
+        if value is not None:
+            v.check_int(value, name, owner, 1)
+
+
 class _ViewDataset(Dataset):
     """Shared part: indices, view options and a torchvision-style repr."""
 
@@ -407,10 +414,7 @@ class TrajectoryForecastDataset(_RunDirDataset):
     def __init__(self, root, split="train", transform=None, *, n_context=None, n_future=None,
                  layout="TCHW", value_range=None, dtype=None, verify="lazy"):
         own = "TrajectoryForecastDataset"
-        # Types first (before touching the disk); ranges depend on the data's T.
-        for name, value in (("n_context", n_context), ("n_future", n_future)):
-            if value is not None:
-                v.check_int(value, name, own, 1)
+        _check_lengths(own, n_context, n_future)     # before touching the disk
         self._init_view(own, transform, layout, value_range, dtype)
         self._init_run_dir(root, split, verify, own)
         self._init_forecast(own, n_context, n_future)
@@ -527,9 +531,7 @@ class OnTheFlyForecastDataset(_OnTheFlyDataset):
     def __init__(self, spec, split="train", transform=None, *, n_context=None, n_future=None,
                  n_samples=None, layout="TCHW", value_range=None, dtype=None):
         own = "OnTheFlyForecastDataset"
-        for name, value in (("n_context", n_context), ("n_future", n_future)):
-            if value is not None:
-                v.check_int(value, name, own, 1)
+        _check_lengths(own, n_context, n_future)
         self._init_view(own, transform, layout, value_range, dtype)
         self._init_spec(spec, split, n_samples, own)
         self._init_forecast(own, n_context, n_future)
