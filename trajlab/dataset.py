@@ -55,8 +55,10 @@ class TrajectoryData:
     class_names : tuple of str
 
     Opening checks spec.json, the manifest against the spec, and every
-    array file's exact header and size, whatever ``verify`` is. Raw memmap
-    attributes are not checksum-verified; :meth:`sample`, :meth:`video`,
+    array file's exact header and size, whatever ``verify`` is. Format 2
+    run dirs give read-only :class:`trajlab.zstore.ChunkedArray` views
+    instead of memmaps (same indexing on the first axis, ``np.asarray``,
+    ``shape``, ``dtype``). Raw array attributes are not checksum-verified; :meth:`sample`, :meth:`video`,
     :meth:`label`, :meth:`annotation`, :meth:`verify` and the torch datasets
     are: the first of them to run also checks every completion record and
     the manifest against the records and the data.
@@ -156,14 +158,12 @@ class TrajectoryData:
         if shard in self._verified:
             return
         rec = self._record(shard)
-        start, stop = self.layout.shard_range(shard)
-        for name, arr in self._arrays.items():
-            got = sha256_bytes(np.ascontiguousarray(arr[start:stop]).data)
-            if got != rec["sha256"][name]:
-                raise RunDirError(
-                    f"Checksum mismatch in {name}.npy, shard {shard} (samples {start}..{stop - 1}) "
-                    f"of {self.run_dir!r}: the data is corrupted. Run `trajlab verify --repair` "
-                    "then `trajlab generate` on it to regenerate the bad shards.")
+        # the same checks as verify_run (verify == load)
+        found = check_shard_data(self.run_dir, self.layout, shard, rec)
+        if found is not None:
+            raise RunDirError(
+                f"Shard {shard} of {self.run_dir!r} is damaged: {found[1]}. Run `trajlab verify "
+                "--repair` then `trajlab generate` on it to regenerate the bad shards.")
         self._shard_annotations(shard, check=True)
         if shard == 0:     # the first samples are also those spec.json's probe hashes
             problem = probe_problem(self.doc, self.layout, self._arrays)

@@ -149,6 +149,17 @@ def _check_optional_str(what):
     return check
 
 
+def _check_format_version(value, name, owner):
+    if value is None:
+        return None
+    from .storage import FORMATS
+
+    if type(value) is not int or value not in FORMATS:
+        v.fail(name, owner, "None, 1 (raw .npy memmaps) or 2 (zarr v3 + zstd)", value,
+               TypeError if type(value) is not int else ValueError)
+    return value
+
+
 def _check_scheduler(value, name, owner):
     # an address, a distributed.Client or None: trajlab.cluster.check_scheduler
     # checks it when the backend is 'dask' (check_backend refuses it otherwise)
@@ -196,6 +207,9 @@ GENERATE_PARAMS = {p.name: p for p in (
           "maximum seconds between two writes of progress.json", "--heartbeat", float),
     Param("text_interval", _float_in(*TEXT_INTERVAL_RANGE),
           "seconds between plain-text progress lines", "--text-interval", float),
+    Param("format_version", _check_format_version,
+          "storage format of a new run dir: 2 = zarr v3 with zstd (default), 1 = raw .npy "
+          "memmaps; a resume keeps the run dir's own", "--format-version", int),
 )}
 
 
@@ -271,6 +285,8 @@ def _repair_files(run_dir, layout):
     """
     lost, rebuilt = set(), []
     check_managed_entries(run_dir, layout)
+    if layout.format_version == 2:
+        return lost, _repair_store(run_dir, layout)
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
         problem = check_array_file(run_dir, layout, name)
         if problem is None:
@@ -308,6 +324,34 @@ def _repair_files(run_dir, layout):
     return lost, rebuilt
 
 
+def _repair_store(run_dir, layout):
+    """Format 2: make the store's folders and every ``zarr.json`` exactly
+    what trajlab writes (the shard objects are checked with their shards),
+    and remove the temporary files of dead writers."""
+    from . import zstore
+    from .storage import make_store_dirs, parse_json, read_bytes, write_bytes_atomic
+
+    rebuilt = []
+    make_store_dirs(run_dir, layout)
+    for rel, doc in layout.store_documents().items():
+        path = os.path.join(run_dir, rel)
+        try:
+            obj, reason = parse_json(read_bytes(path, 2**20))
+        except FileNotFoundError:
+            obj, reason = None, "missing"
+        except Exception as exc:          # unreadable, too large, not a file
+            obj, reason = None, str(exc)
+        if reason is None and obj == doc:
+            continue
+        write_bytes_atomic(path, zstore.document_bytes(doc))
+        rebuilt.append(f"{rel}: rewritten ({'it was missing' if reason == 'missing' else 'it differed from what trajlab writes'})")
+    make_dirs(run_dir)
+    for d in (".", SHARDS_DIR, ANNOTATIONS_DIR, zstore.STORE_DIR,
+              *(f for f, *_r in layout.arrays().values())):
+        remove_stale_temps(os.path.join(run_dir, d))
+    return rebuilt
+
+
 def _label_split_mismatches(run_dir, layout, shards):
     """``(shard, reason)`` for shards whose labels, splits or attempts do not
     match its record (13 bytes a sample, read for the manifest anyway:
@@ -321,8 +365,14 @@ def _label_split_mismatches(run_dir, layout, shards):
         rec = read_record(run_dir, layout, s)
         a, b = layout.shard_range(s)
         for name, arr in arrays.items():
-            if sha256_bytes(np.ascontiguousarray(arr[a:b]).data) != rec["sha256"][name]:
-                out.append((s, f"checksum mismatch in {name}.npy (samples {a}..{b - 1})"))
+            try:
+                data = np.ascontiguousarray(arr[a:b])
+            except RunDirError as exc:       # format 2: a damaged object
+                out.append((s, str(exc).split(" in run directory ")[0]))
+                break
+            if sha256_bytes(data.data) != rec["sha256"][name]:
+                out.append((s, f"checksum mismatch in {layout.arrays()[name][0]} "
+                               f"(samples {a}..{b - 1})"))
                 break
         else:
             problem = record_data_problem(rec, layout, arrays["labels"][a:b],
@@ -378,7 +428,7 @@ def _finalize(run_dir, layout, doc, fsync=False):
     return manifest
 
 
-def _prepare(spec, run_dir, shard_size):
+def _prepare(spec, run_dir, shard_size, format_version=None):
     """Check (read-only) what is in ``run_dir``. Returns (doc, layout, new).
 
     Only a folder with trajlab's spec.json is a run dir; a new one must be
@@ -397,6 +447,11 @@ def _prepare(spec, run_dir, shard_size):
             raise ValueError(
                 f"Run directory {run_dir!r} was created with shard_size={layout.shard_size}; "
                 f"got shard_size={shard_size}. Omit it to resume.")
+        if format_version is not None and format_version != layout.format_version:
+            raise ValueError(
+                f"Run directory {run_dir!r} was created with format_version="
+                f"{layout.format_version}; got format_version={format_version}. Omit it to "
+                "resume (`trajlab export` converts a dataset to other files).")
         return doc, layout, False
     if os.path.isdir(run_dir):
         foreign = sorted(n for n in os.listdir(run_dir) if not _is_own_leftover(run_dir, n))
@@ -406,8 +461,10 @@ def _prepare(spec, run_dir, shard_size):
                 f"trajlab run directory. Got {run_dir!r} instead, which holds "
                 f"{foreign[:5]} and no {SPEC_FILE}.")
         check_managed_entries(run_dir)
+    from .storage import FORMAT_VERSION
+
     size = auto_shard_size(spec) if shard_size == "auto" else shard_size
-    layout = RunLayout(spec, size)
+    layout = RunLayout(spec, size, FORMAT_VERSION if format_version is None else format_version)
     v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
                 v.MAX_N_SHARDS)
     return None, layout, True
@@ -481,7 +538,8 @@ def _backend(backend, scheduler, n_jobs, run_dir=None):
 
 
 def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", fsync=False,
-             verify=False, backend=None, scheduler=None, heartbeat=15.0, text_interval=30.0):
+             verify=False, backend=None, scheduler=None, heartbeat=15.0, text_interval=30.0,
+             format_version=None):
     """Generate ``spec`` into ``run_dir``; resume if it is partly done.
 
     Parameters
@@ -523,6 +581,12 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
         Maximum seconds between two writes of progress.json, in [0.1, 3600].
     text_interval : float, default=30.0
         Seconds between plain-text progress lines, in [0, 86400].
+    format_version : {None, 1, 2}, default=None
+        Storage format of a new run dir (``docs/FORMAT.md``): 2 is a zarr v3
+        group with zstd-compressed shards (the default; 80-235x smaller for
+        typical specs), 1 is one raw ``.npy`` per array, for plain memory
+        maps. None: 2 for a new run dir; a resume keeps the run dir's own
+        format (giving the other one is an error).
 
     Returns
     -------
@@ -536,10 +600,12 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
     """
     run_dir, checked = _check_args(spec, run_dir, dict(
         n_jobs=n_jobs, shard_size=shard_size, progress=progress, fsync=fsync, verify=verify,
-        backend=backend, scheduler=scheduler, heartbeat=heartbeat, text_interval=text_interval))
+        backend=backend, scheduler=scheduler, heartbeat=heartbeat, text_interval=text_interval,
+        format_version=format_version))
     n_jobs, shard_size = checked["n_jobs"], checked["shard_size"]
+    fmt = checked["format_version"]
     heartbeat, text_interval = checked["heartbeat"], checked["text_interval"]
-    doc, layout, new = _prepare(spec, run_dir, shard_size)
+    doc, layout, new = _prepare(spec, run_dir, shard_size, fmt)
     t0 = time.perf_counter()
     if not new and not verify and _is_complete(run_dir, layout):
         # read-only fast path: a finished run is left untouched (not even the lock)
@@ -562,7 +628,7 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
     with RunLock(run_dir):
         # again under the lock: another writer may have created the run dir
         # between the first look and the lock
-        doc, layout, new = _prepare(spec, run_dir, shard_size)
+        doc, layout, new = _prepare(spec, run_dir, shard_size, fmt)
         if new:
             from . import __version__
 
@@ -710,7 +776,7 @@ def _check_feasible(spec):
 
 
 def _check_disk_space(run_dir, layout):
-    need = sum(layout.expected_size(name) for name in layout.arrays())
+    need = layout.disk_estimate()
     target = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
     st = os.statvfs(target)
     free = st.f_bavail * st.f_frsize

@@ -49,6 +49,7 @@ from functools import cached_property
 import numpy as np
 
 from . import _validation as v
+from . import zstore
 from .generator import array_layout, generate_block, probe_digest
 from .spec import DATA_VERSION, DatasetSpec
 
@@ -56,7 +57,10 @@ __all__ = ["FORMAT_VERSION", "RunLayout", "atomic_writer", "write_json_atomic", 
            "RunDirError", "write_shard", "sha256_bytes", "utcnow", "temp_path", "temp_owner",
            "remove_stale_temps", "check_managed_entries", "HOST"]
 
-FORMAT_VERSION = 1
+#: The format trajlab writes by default (zarr v3, see trajlab.zstore).
+FORMAT_VERSION = 2
+#: The formats trajlab reads and writes: 1 raw .npy memmaps, 2 zarr v3 + zstd.
+FORMATS = (1, 2)
 SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
@@ -69,7 +73,7 @@ _TEMP_MARK = ".trajlab-tmp."
 _TEMP_RE = re.compile(r"^\.(?P<base>.+)\.trajlab-tmp\.(?P<host>[A-Za-z0-9_.-]+)\."
                       r"(?P<pid>[0-9]+)\.[0-9a-f]{8}$")
 _RECORD_RE = re.compile(r"^[0-9]{5,}\.json$")
-_ANNOTATION_RE = re.compile(r"^[0-9]{5,}\.jsonl$")
+_ANNOTATION_RE = re.compile(r"^[0-9]{5,}\.jsonl(\.zst)?$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -388,6 +392,7 @@ class RunLayout:
 
     spec: DatasetSpec
     shard_size: int
+    format_version: int = FORMAT_VERSION
 
     @property
     def n_shards(self):
@@ -406,7 +411,10 @@ class RunLayout:
         out = {}
         for name, (shape, dt) in array_layout(self.spec, self.spec.n_samples).items():
             per = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize
-            out[name] = (f"{name}.npy", shape, np.dtype(dt), len(self.header(name)), per)
+            if self.format_version == 1:
+                out[name] = (f"{name}.npy", shape, np.dtype(dt), len(self.header(name)), per)
+            else:
+                out[name] = (f"{zstore.STORE_DIR}/{name}", shape, np.dtype(dt), 0, per)
         return out
 
     @cached_property
@@ -419,6 +427,16 @@ class RunLayout:
         return self._headers[name]
 
     def to_dict(self):
+        if self.format_version == 2:
+            return {
+                "shard_size": self.shard_size,
+                "n_shards": self.n_shards,
+                "store": "zarr-v3",
+                "codec": f"zstd-{zstore.ZSTD_LEVEL}",
+                "arrays": {name: {"path": f, "shape": list(shape), "dtype": dt.str,
+                                  "bytes_per_sample": per}
+                           for name, (f, shape, dt, h, per) in self.arrays().items()},
+            }
         return {
             "shard_size": self.shard_size,
             "n_shards": self.n_shards,
@@ -430,7 +448,7 @@ class RunLayout:
     def spec_document(self, trajlab_version):
         return {
             "format": "trajlab-run",
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "data_version": DATA_VERSION,
             "trajlab_version": trajlab_version,
             # float results of numpy's math could differ across versions;
@@ -446,7 +464,14 @@ class RunLayout:
     def preallocate(self, run_dir):
         """Create every .npy with its header and full (sparse) size, and the
         shard folders. Existing files are never opened: a name already
-        taken (even by a link) is an error."""
+        taken (even by a link) is an error. Format 2: the zarr group and
+        array folders with their ``zarr.json``."""
+        if self.format_version == 2:
+            make_store_dirs(run_dir, self)
+            for rel, doc in self.store_documents().items():
+                write_bytes_atomic(os.path.join(run_dir, rel), zstore.document_bytes(doc))
+            make_dirs(run_dir)
+            return
         for name, (fname, shape, dt, hlen, per) in self.arrays().items():
             path = os.path.join(run_dir, fname)
             if os.path.islink(path):
@@ -461,19 +486,59 @@ class RunLayout:
         make_dirs(run_dir)
 
     def expected_size(self, name):
+        """Bytes of array ``name``'s file (format 1), decoded bytes (format 2)."""
         fname, shape, dt, hlen, per = self.arrays()[name]
         return hlen + per * shape[0]
+
+    def raw_bytes(self, name):
+        """Decoded bytes of array ``name``."""
+        fname, shape, dt, hlen, per = self.arrays()[name]
+        return per * shape[0]
+
+    def disk_estimate(self):
+        """Bytes the arrays take on disk: exact for format 1; for format 2 a
+        generous bound (videos compress 100-235x, the rest about 1.2x; this
+        assumes 16x and 1x)."""
+        if self.format_version == 1:
+            return sum(self.expected_size(name) for name in self.arrays())
+        return sum(self.raw_bytes(n) // (16 if n == "videos" else 1) for n in self.arrays()) \
+            + 1024 * self.spec.n_samples
+
+    def store_documents(self):
+        """Format 2: ``{relative path: zarr.json document}`` of the group and
+        of every array, exactly as trajlab writes them."""
+        docs = {f"{zstore.STORE_DIR}/{zstore.ZARR_JSON}": zstore.group_document(self)}
+        for name in self.arrays():
+            docs[f"{zstore.STORE_DIR}/{name}/{zstore.ZARR_JSON}"] = \
+                zstore.array_document(self, name)
+        return docs
 
     def shard_record_path(self, run_dir, shard):
         return os.path.join(run_dir, SHARDS_DIR, f"{shard:05d}.json")
 
     def annotations_path(self, run_dir, shard):
-        return os.path.join(run_dir, ANNOTATIONS_DIR, f"{shard:05d}.jsonl")
+        ext = ".jsonl" if self.format_version == 1 else ".jsonl.zst"
+        return os.path.join(run_dir, ANNOTATIONS_DIR, f"{shard:05d}{ext}")
 
 
 def make_dirs(run_dir):
     """Create the shard folders (a link or a file in their place is refused)."""
     for d in (SHARDS_DIR, ANNOTATIONS_DIR):
+        path = os.path.join(run_dir, d)
+        if os.path.islink(path):
+            raise _symlink_error(path)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file."
+                                  ) from None
+
+
+def make_store_dirs(run_dir, layout):
+    """Format 2: create ``data/`` and one folder per array (a link or a
+    file in their place is refused)."""
+    for d in [zstore.STORE_DIR] + [f for f, *_r in layout.arrays().values()]:
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
             raise _symlink_error(path)
@@ -496,11 +561,17 @@ def write_shard(run_dir, layout, shard, fsync=False):
     start, stop = layout.shard_range(shard)
     block = generate_block(layout.spec, start, stop)
     t_gen = time.perf_counter() - t0
-    checksums = {}
+    checksums, stored = {}, {}
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
         data = np.ascontiguousarray(getattr(block, name))
         buf = data.data
         checksums[name] = sha256_bytes(buf)
+        if layout.format_version == 2:
+            obj = zstore.encode(layout, name, data)
+            write_bytes_atomic(zstore.object_path(run_dir, layout, name, shard), obj,
+                               fsync=fsync)
+            stored[name] = len(obj)
+            continue
         fd = open_for_writing(os.path.join(run_dir, fname))
         try:
             pwrite_all(fd, buf, hlen + per * start)
@@ -510,9 +581,13 @@ def write_shard(run_dir, layout, shard, fsync=False):
             os.close(fd)
     text = "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
                    for rec in block.annotations(layout.spec)).encode("utf-8")
-    write_bytes_atomic(layout.annotations_path(run_dir, shard), text, fsync=fsync)
     checksums["annotations"] = sha256_bytes(text)
-    return {
+    if layout.format_version == 2:
+        text = zstore.compress(text)
+        stored["annotations"] = len(text)
+    write_bytes_atomic(layout.annotations_path(run_dir, shard), text, fsync=fsync)
+    extra = {"stored_bytes": stored} if layout.format_version == 2 else {}
+    return {**extra,
         "shard": shard,
         "start": start,
         "stop": stop,
@@ -526,7 +601,10 @@ def write_shard(run_dir, layout, shard, fsync=False):
 
 
 def shard_slice_bytes(run_dir, layout, name, shard):
-    """Read the stored bytes of one array's shard slice (for verification)."""
+    """Read the stored bytes of one array's shard slice (for verification;
+    format 2: decoded, :class:`trajlab.zstore.DamagedObject` if damaged)."""
+    if layout.format_version == 2:
+        return zstore.read_shard(run_dir, layout, name, shard).tobytes()
     fname, shape, dt, hlen, per = layout.arrays()[name]
     start, stop = layout.shard_range(shard)
     fd = open_nofollow(os.path.join(run_dir, fname), os.O_RDONLY)
@@ -663,11 +741,11 @@ def load_layout(run_dir):
         raise RunDirError(f"{run_dir!r} is not a trajlab run directory (no {SPEC_FILE}).")
     doc = read_json_file(path, run_dir, SPEC_FILE)
     if doc.get("format") != "trajlab-run" or type(doc.get("format_version")) is not int \
-            or doc.get("format_version") != FORMAT_VERSION:
+            or doc.get("format_version") not in FORMATS:
         raise RunDirError(
             f"{path!r} has format {doc.get('format')!r} version {doc.get('format_version')!r}; "
-            f"this trajlab reads 'trajlab-run' version {FORMAT_VERSION}, so {run_dir!r} is not "
-            "a trajlab run directory it can use.")
+            f"this trajlab reads 'trajlab-run' versions {' and '.join(map(str, FORMATS))}, so "
+            f"{run_dir!r} is not a trajlab run directory it can use.")
     own = f"{SPEC_FILE} in {run_dir!r}"
     with _Damaged(f"{path!r} is damaged: "):
         if not isinstance(doc.get("spec"), dict):
@@ -684,7 +762,7 @@ def load_layout(run_dir):
             v.fail("layout", own, "an object", lay, TypeError)
         shard_size = v.check_int(lay.get("shard_size"), "layout.shard_size", own, 1,
                                  v.MAX_SHARD_SIZE)
-        layout = RunLayout(spec, shard_size)
+        layout = RunLayout(spec, shard_size, doc["format_version"])
         v.check_int(layout.n_shards, "layout.n_shards", own, 1, v.MAX_N_SHARDS)
         diff = _diff_paths(lay, layout.to_dict())
         if diff:
@@ -739,6 +817,13 @@ def check_record(rec, layout, shard):
     if not isinstance(cc, list) or len(cc) != len(classes) or \
             not all(_is_count(x) for x in cc) or sum(cc) != stop - start:
         return f"class_counts is not {len(classes)} counts summing to {stop - start}"
+    if layout.format_version == 2:
+        sb = rec.get("stored_bytes")
+        if not isinstance(sb, dict) or set(sb) != names or \
+                not all(_is_count(x) for x in sb.values()):
+            return "stored_bytes is not a count per array and for the annotations"
+    elif "stored_bytes" in rec:
+        return "it has stored_bytes, which format 1 records do not have"
     return None
 
 
@@ -798,10 +883,15 @@ def check_managed_entries(run_dir, layout=None):
     """Refuse a run dir where trajlab's own files or folders are symbolic
     links (or its folders are not folders). Raises RunDirError."""
     names = [SPEC_FILE, MANIFEST_FILE, LOCK_FILE, *PROGRESS_FILES]
-    if layout is not None:
+    folders = [(SHARDS_DIR, _RECORD_RE), (ANNOTATIONS_DIR, _ANNOTATION_RE)]
+    if layout is not None and layout.format_version == 2:
+        names += [zstore.STORE_DIR, *layout.store_documents()]
+        folders += [(f, zstore.chunk_key_pattern(name, len(shape)))
+                    for name, (f, shape, *_r) in layout.arrays().items()]
+    elif layout is not None:
         names += [f for f, *_r in layout.arrays().values()]
     links = [n for n in names if os.path.islink(os.path.join(run_dir, n))]
-    for d, pattern in ((SHARDS_DIR, _RECORD_RE), (ANNOTATIONS_DIR, _ANNOTATION_RE)):
+    for d, pattern in folders:
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
             links.append(d + "/")
@@ -822,7 +912,13 @@ def check_managed_entries(run_dir, layout=None):
 
 def check_array_file(run_dir, layout, name):
     """None if array ``name``'s file has exactly its expected size and header,
-    else ``(kind, reason)`` with kind 'missing', 'size' or 'header'."""
+    else ``(kind, reason)`` with kind 'missing', 'size' or 'header'.
+
+    Format 2: the array's and the group's ``zarr.json`` must be exactly the
+    documents trajlab writes (kind 'missing' or 'header'); the objects of
+    each shard are checked with the shard (:func:`check_shard_data`)."""
+    if layout.format_version == 2:
+        return check_store_document(run_dir, layout, name)
     fname, shape, dt, hlen, per = layout.arrays()[name]
     path = os.path.join(run_dir, fname)
     want = layout.expected_size(name)
@@ -842,6 +938,34 @@ def check_array_file(run_dir, layout, name):
     if size != want:
         what = "truncated" if size < want else "too long"
         return "size", f"{fname} is {what} ({size} bytes, expected {want})"
+    return None
+
+
+def check_store_document(run_dir, layout, name):
+    """Format 2: None if the group's and array ``name``'s ``zarr.json`` are
+    the documents trajlab writes, else ``(kind, reason)``."""
+    docs = layout.store_documents()
+    for rel in (f"{zstore.STORE_DIR}/{zstore.ZARR_JSON}",
+                f"{zstore.STORE_DIR}/{name}/{zstore.ZARR_JSON}"):
+        path = os.path.join(run_dir, rel)
+        try:
+            raw = read_bytes(path, v.MAX_JSON_BYTES)
+        except FileNotFoundError:
+            return "missing", f"{rel} is missing"
+        except TooLargeError as exc:
+            return "header", f"{rel} is larger than trajlab writes ({exc.size} bytes)"
+        except (OSError, RunDirError) as exc:
+            return "missing", f"{rel} cannot be read ({exc})"
+        obj, reason = parse_json(raw)
+        if reason is not None:
+            return "header", f"{rel} is not valid JSON ({reason})"
+        diff = _diff_paths(obj, docs[rel])
+        if diff:
+            return "header", (
+                f"The {rel!r} document of run directory {run_dir!r} must be the zarr v3 "
+                f"metadata trajlab writes for this spec (codecs, shape, chunks, dtype, fill "
+                f"value). It differs at {', '.join(diff[:4])}: got "
+                f"{_get(obj, diff[0])!r} where trajlab writes {_get(docs[rel], diff[0])!r}.")
     return None
 
 
@@ -876,6 +1000,8 @@ def open_array(run_dir, layout, name):
         raise RunDirError(f"{problem[1]}: the dataset is damaged. Run `trajlab verify "
                           f"--repair {run_dir}` (and `trajlab generate {run_dir}` if it says "
                           "shards must be regenerated).")
+    if layout.format_version == 2:
+        return zstore.ChunkedArray(run_dir, layout, name)
     fname, shape, dt, hlen, per = layout.arrays()[name]
     fd = open_nofollow(os.path.join(run_dir, fname), os.O_RDONLY)
     with os.fdopen(fd, "rb") as fh:
@@ -902,8 +1028,8 @@ def build_manifest(run_dir, layout, records, labels=None, splits=None):
         a, b = layout.shard_range(s)
         for name, arr in (("labels", labels), ("splits", splits), ("attempts", attempts)):
             if sha256_bytes(np.ascontiguousarray(arr[a:b]).data) != rec["sha256"][name]:
-                raise RunDirError(f"{name}.npy does not match the record of shard {s} "
-                                  f"(samples {a}..{b - 1})")
+                raise RunDirError(f"{layout.arrays()[name][0]} does not match the record of "
+                                  f"shard {s} (samples {a}..{b - 1})")
         problem = record_data_problem(rec, layout, labels[a:b], attempts[a:b])
         if problem:
             raise RunDirError(f"the record of shard {s} is damaged: {problem}")
@@ -915,15 +1041,15 @@ def build_manifest(run_dir, layout, records, labels=None, splits=None):
     lab = np.asarray(labels, dtype=np.int64)
     spl = np.asarray(splits, dtype=np.int64)
     if lab.size and (lab.min() < 0 or lab.max() >= C or spl.max() > 2):
-        raise RunDirError("labels.npy or splits.npy holds values out of range")
+        raise RunDirError("labels or splits hold values out of range")
     joint = np.bincount(spl * C + lab, minlength=3 * C).reshape(3, C)
     counts = joint.sum(axis=0)
     from_records = np.sum([records[s]["class_counts"] for s in range(layout.n_shards)], axis=0)
     if not np.array_equal(from_records, counts):
-        raise RunDirError("the class counts of the shard records do not match labels.npy")
+        raise RunDirError("the class counts of the shard records do not match the labels")
     return {
         "complete": True,
-        "format_version": FORMAT_VERSION,
+        "format_version": layout.format_version,
         "fingerprint": spec.fingerprint,
         "n_samples": spec.n_samples,
         "n_shards": layout.n_shards,
@@ -936,9 +1062,33 @@ def build_manifest(run_dir, layout, records, labels=None, splits=None):
         "rejection_rate": {c: round(rejections[c] / max(1, rejections[c] + int(counts[k])), 4)
                            for k, c in enumerate(spec.classes)},
         "digest": digest.hexdigest(),
-        "files": {name: {"file": f, "bytes": layout.expected_size(name)}
-                  for name, (f, *_r) in layout.arrays().items()},
+        **manifest_layout(layout),
+        **stored_totals(layout, records),
     }
+
+
+def manifest_layout(layout):
+    """What the manifest says of the files, from the spec alone."""
+    if layout.format_version == 1:
+        return {"files": {name: {"file": f, "bytes": layout.expected_size(name)}
+                          for name, (f, *_r) in layout.arrays().items()}}
+    return {"store": "zarr-v3", "codec": f"zstd-{zstore.ZSTD_LEVEL}",
+            "files": {name: {"path": f, "raw_bytes": layout.raw_bytes(name)}
+                      for name, (f, *_r) in layout.arrays().items()}}
+
+
+def stored_totals(layout, records):
+    """Format 2: bytes on disk per array (sum of the records' objects), the
+    raw (decoded) bytes and their ratio."""
+    if layout.format_version == 1:
+        return {}
+    names = [*layout.arrays(), "annotations"]
+    stored = {n: sum(records[s]["stored_bytes"][n] for s in range(layout.n_shards))
+              for n in names}
+    stored["total"] = sum(stored[n] for n in names)
+    raw = sum(layout.raw_bytes(n) for n in layout.arrays())
+    return {"stored_bytes": stored, "raw_bytes": raw,
+            "compression_ratio": round(raw / max(1, stored["total"]), 1)}
 
 
 def check_manifest(manifest, layout, run_dir):
@@ -949,12 +1099,10 @@ def check_manifest(manifest, layout, run_dir):
     spec = layout.spec
     where = f"{MANIFEST_FILE} in {run_dir!r}"
     classes = list(spec.classes)
-    want = {"complete": True, "format_version": FORMAT_VERSION,
+    want = {"complete": True, "format_version": layout.format_version,
             "fingerprint": spec.fingerprint, "n_samples": spec.n_samples,
             "n_shards": layout.n_shards, "shard_size": layout.shard_size,
-            "class_names": classes,
-            "files": {name: {"file": f, "bytes": layout.expected_size(name)}
-                      for name, (f, *_r) in layout.arrays().items()}}
+            "class_names": classes, **manifest_layout(layout)}
     for key, value in want.items():
         if _diff_paths(manifest.get(key, _MISSING), value):
             return (f"The {key!r} parameter of {where} must be {value!r} (from spec.json). "
@@ -978,6 +1126,19 @@ def check_manifest(manifest, layout, run_dir):
     d = manifest.get("digest")
     if not (isinstance(d, str) and _HEX64.match(d)):
         return f"The 'digest' parameter of {where} must be 64 hex digits. Got {d!r} instead."
+    if layout.format_version == 2:
+        sb = manifest.get("stored_bytes")
+        names = {*layout.arrays(), "annotations", "total"}
+        if not isinstance(sb, dict) or set(sb) != names or \
+                not all(_is_count(x) for x in sb.values()):
+            return (f"The 'stored_bytes' parameter of {where} must be a count per array, for "
+                    f"the annotations and in total. Got {sb!r} instead.")
+        if manifest.get("raw_bytes") != sum(layout.raw_bytes(n) for n in layout.arrays()) \
+                or type(manifest.get("compression_ratio")) not in (int, float):
+            return (f"The 'raw_bytes' and 'compression_ratio' parameters of {where} must be "
+                    "the decoded size from spec.json and a number. Got "
+                    f"{manifest.get('raw_bytes')!r} and {manifest.get('compression_ratio')!r}"
+                    " instead.")
     if not isinstance(manifest.get("finished_at"), str):
         return (f"The 'finished_at' parameter of {where} must be a str. "
                 f"Got {manifest.get('finished_at')!r} instead.")
@@ -1046,8 +1207,10 @@ def parse_annotations(raw, layout, shard, run_dir):
 def read_annotations_bytes(run_dir, layout, shard):
     """Raw bytes of a shard's annotation file; RunDirError if unreadable."""
     path = layout.annotations_path(run_dir, shard)
+    limit = annotations_limit(layout, shard)
     try:
-        return read_bytes(path, annotations_limit(layout, shard))
+        raw = read_bytes(path, limit if layout.format_version == 1
+                         else zstore.compress_bound(limit))
     except TooLargeError as exc:
         raise RunDirError(f"{path!r} is damaged ({exc.size} bytes, more than trajlab "
                           "writes).") from None
@@ -1055,6 +1218,17 @@ def read_annotations_bytes(run_dir, layout, shard):
         raise RunDirError(f"Annotations of shard {shard} are missing or unreadable ({exc}). "
                           "Run `trajlab verify --repair` then `trajlab generate` on the run "
                           "dir.") from None
+    if layout.format_version == 1:
+        return raw
+    zstd = zstore._zstd()
+    try:
+        size = zstd.frame_content_size(raw)
+        if not 0 <= size <= limit:
+            raise zstore.DamagedObject(f"it declares {size} decoded bytes")
+        return zstore.decompress(raw, size, os.path.relpath(path, run_dir))
+    except (zstore.DamagedObject, zstd.ZstdError) as exc:
+        raise RunDirError(f"{path!r} is damaged ({exc}). Run `trajlab verify --repair` then "
+                          "`trajlab generate` on the run dir.") from None
 
 
 def check_shard_data(run_dir, layout, shard, rec, skip=()):
@@ -1065,7 +1239,18 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
         if name in skip:
             continue
-        raw[name] = shard_slice_bytes(run_dir, layout, name, shard)
+        if layout.format_version == 2:
+            size = zstore.object_size(run_dir, layout, name, shard)
+            rel = os.path.relpath(zstore.object_path(run_dir, layout, name, shard), run_dir)
+            if size is None:
+                return name, f"{rel} is missing (samples {start}..{stop - 1})"
+            if size != rec["stored_bytes"][name]:
+                return name, (f"{rel} has {size} bytes, its record says "
+                              f"{rec['stored_bytes'][name]} (samples {start}..{stop - 1})")
+        try:
+            raw[name] = shard_slice_bytes(run_dir, layout, name, shard)
+        except zstore.DamagedObject as exc:
+            return name, f"{exc} (samples {start}..{stop - 1})"
         if sha256_bytes(raw[name]) != rec["sha256"][name]:
             return name, f"checksum mismatch in {fname} (samples {start}..{stop - 1})"
     if "labels" in raw and "attempts" in raw:
@@ -1076,6 +1261,12 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
         if problem:
             return "record", f"completion record damaged: {problem}"
     try:
+        if layout.format_version == 2:
+            path = layout.annotations_path(run_dir, shard)
+            size = os.lstat(path).st_size if os.path.lexists(path) else None
+            if size is not None and size != rec["stored_bytes"]["annotations"]:
+                return "annotations", (f"{os.path.relpath(path, run_dir)} has {size} bytes, "
+                                       f"its record says {rec['stored_bytes']['annotations']}")
         raw = read_annotations_bytes(run_dir, layout, shard)
         if sha256_bytes(raw) != rec["sha256"]["annotations"]:
             return "annotations", "annotations file changed (checksum mismatch)"

@@ -1,0 +1,486 @@
+"""Format version 2: every array of a run dir as a zarr v3 array.
+
+``run_dir/data`` is a zarr v3 group holding one array per trajlab array
+(same names, shapes and dtypes as the ``.npy`` files of format 1). Every
+array is chunked along the sample axis with one chunk per trajlab shard,
+so the object ``data/<name>/c.K.0...`` holds exactly the samples of
+shard ``K``, written whole by the worker that generated the shard:
+
+- ``videos`` uses zarr's ``sharding_indexed`` codec: inner chunks of one
+  clip, each compressed with zstd, followed by the shard index (offset and
+  length of every clip, little-endian uint64, then its crc32c). One clip
+  is read with two small reads (the index, cached, and the clip);
+- the other arrays are one zstd-compressed chunk per shard (the last one
+  padded with the fill value 0 to the full chunk shape, as zarr requires).
+
+zstd writes the decoded size and an XXH64 checksum of the decoded bytes
+into every frame, so a flipped or truncated byte fails the decode of the
+clip it lands in; the completion records keep the sha256 of each array's
+decoded shard slice, as in format 1 (the same spec gives the same records
+and manifest digest in both formats).
+
+Any zarr v3 reader opens ``run_dir/data`` (zarr-python, tensorstore,
+``dask.array.from_zarr``, xarray); trajlab writes and reads the objects
+itself, because it must never follow a symbolic link, must bound what a
+crafted object can make it allocate, and reads single clips an order of
+magnitude faster than zarr-python (``bench/bench_storage.py``). Every
+document and object is checked against what trajlab writes before it is
+used: ``zarr.json`` documents are compared in full, a shard index must
+have exactly one entry per clip of the shard, inside the object and
+without overlaps, and a chunk's declared decoded size must be its exact
+size before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import struct
+from collections import OrderedDict
+
+import numpy as np
+
+STORE_DIR = "data"
+ZARR_JSON = "zarr.json"
+ZSTD_LEVEL = 1
+#: Index entry of an inner chunk that is not stored (beyond the last sample).
+ABSENT = 2**64 - 1
+#: Names of the axes, for xarray (which needs them) and for people.
+DIMENSIONS = {
+    "videos": ("sample", "frame", "channel", "y", "x"),
+    "labels": ("sample",), "splits": ("sample",), "attempts": ("sample",),
+    "positions": ("sample", "frame", "xyz"), "pixels": ("sample", "frame", "uv"),
+    "depth": ("sample", "frame"), "radius": ("sample", "frame"),
+    "K": ("sample", "row", "col"), "R": ("sample", "row", "col"), "t": ("sample", "xyz"),
+    "colors": ("sample", "rgb"),
+}
+_ZARR_DTYPES = {"uint8": "uint8", "int32": "int32", "int64": "int64", "float64": "float64"}
+_INDEX_ENTRY = 16
+_CRC = 4
+
+
+def _zstd():
+    import zstandard
+
+    return zstandard
+
+
+_CCTX = None
+
+
+def compress(buf):
+    """zstd frame (level 1) with the decoded size and a content checksum."""
+    global _CCTX
+    if _CCTX is None:
+        _CCTX = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
+                                       write_content_size=True)
+    return _CCTX.compress(buf)
+
+
+def compress_bound(n):
+    """Largest zstd frame trajlab accepts for ``n`` decoded bytes.
+
+    libzstd's ZSTD_COMPRESSBOUND (n + n/256 + a small constant) plus the
+    frame header and checksum; python-zstandard does not expose it, and a
+    generous bound is all that is needed (a crafted object larger than
+    this is refused before it is read).
+    """
+    return n + (n >> 8) + 1024
+
+
+class DamagedObject(Exception):
+    """An object of the store is missing or is not what trajlab writes."""
+
+
+def decompress(data, size, what):
+    """Decode one zstd frame that must hold exactly ``size`` bytes.
+
+    The declared size is checked before anything is allocated; trailing
+    bytes, a wrong checksum or a short frame raise :class:`DamagedObject`.
+    """
+    zstd = _zstd()
+    try:
+        declared = zstd.frame_content_size(data)
+    except zstd.ZstdError as exc:
+        raise DamagedObject(f"{what} is not a zstd frame ({exc})") from None
+    if declared != size:
+        raise DamagedObject(f"{what} declares {declared} decoded bytes, expected {size}")
+    try:
+        out = zstd.ZstdDecompressor().decompress(data, max_output_size=size,
+                                                 allow_extra_data=False)
+    except zstd.ZstdError as exc:
+        raise DamagedObject(f"{what} does not decode ({exc})") from None
+    if len(out) != size:
+        raise DamagedObject(f"{what} decodes to {len(out)} bytes, expected {size}")
+    return out
+
+
+def _crc32c(buf):
+    import google_crc32c
+
+    return google_crc32c.value(bytes(buf))
+
+
+# ----------------------------------------------------------------- documents
+def group_document(layout):
+    from .spec import DATA_VERSION
+
+    return {"zarr_format": 3, "node_type": "group",
+            "attributes": {"trajlab": {"format_version": 2,
+                                       "fingerprint": layout.spec.fingerprint,
+                                       "data_version": DATA_VERSION,
+                                       "shard_size": layout.shard_size}}}
+
+
+def _bytes_codec(dtype):
+    if np.dtype(dtype).itemsize == 1:
+        return {"name": "bytes"}
+    return {"name": "bytes", "configuration": {"endian": "little"}}
+
+
+def _zstd_codec():
+    return {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": True}}
+
+
+def array_document(layout, name):
+    """The exact ``zarr.json`` of array ``name`` (compared in full on open)."""
+    _f, shape, dt, _h, _per = layout.arrays()[name]
+    chunk = [layout.shard_size, *shape[1:]]
+    if name == "videos":
+        codecs = [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [1, *shape[1:]],
+            "codecs": [_bytes_codec(dt), _zstd_codec()],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                             {"name": "crc32c"}],
+            "index_location": "end"}}]
+    else:
+        codecs = [_bytes_codec(dt), _zstd_codec()]
+    return {
+        "zarr_format": 3, "node_type": "array",
+        "shape": list(shape), "data_type": _ZARR_DTYPES[dt.name],
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+        "fill_value": 0.0 if dt.kind == "f" else 0,
+        "codecs": codecs,
+        "attributes": {},
+        "dimension_names": list(DIMENSIONS[name]),
+    }
+
+
+def document_bytes(doc):
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def array_dir(name):
+    return f"{STORE_DIR}/{name}"
+
+
+def chunk_key(layout, name, shard):
+    """Object name of shard ``shard`` of array ``name`` (zarr's default
+    chunk key encoding with separator '.')."""
+    ndim = len(layout.arrays()[name][1])
+    return "c." + ".".join([str(shard)] + ["0"] * (ndim - 1))
+
+
+def object_path(run_dir, layout, name, shard):
+    return os.path.join(run_dir, STORE_DIR, name, chunk_key(layout, name, shard))
+
+
+def chunk_key_pattern(name, ndim):
+    import re
+
+    return re.compile(r"^c\.[0-9]+" + r"\.0" * (ndim - 1) + "$")
+
+
+# ------------------------------------------------------------------ encoding
+def encode(layout, name, rows):
+    """The object of one shard of array ``name`` from its ``rows`` (the
+    shard's samples, C-contiguous, in the array's dtype)."""
+    _f, shape, dt, _h, per = layout.arrays()[name]
+    S = layout.shard_size
+    rows = np.ascontiguousarray(rows, dtype=dt.newbyteorder("<"))
+    n = rows.shape[0]
+    if name != "videos":
+        if n < S:      # zarr stores edge chunks at the full chunk shape
+            padded = np.zeros((S, *shape[1:]), dtype=rows.dtype)
+            padded[:n] = rows
+            rows = padded
+        return compress(rows.data)
+    parts, index = [], np.full((S, 2), ABSENT, dtype="<u8")
+    offset = 0
+    flat = rows.reshape(n, -1)
+    for j in range(n):
+        c = compress(flat[j].data)
+        index[j] = (offset, len(c))
+        offset += len(c)
+        parts.append(c)
+    ib = index.tobytes()
+    parts.append(ib)
+    parts.append(struct.pack("<I", _crc32c(ib)))
+    return b"".join(parts)
+
+
+def max_object_bytes(layout, name):
+    _f, _shape, _dt, _h, per = layout.arrays()[name]
+    S = layout.shard_size
+    if name == "videos":
+        return S * compress_bound(per) + S * _INDEX_ENTRY + _CRC
+    return compress_bound(S * per)
+
+
+def parse_index(tail, layout, shard, size, what):
+    """``(offsets, lengths)`` of the clips of ``shard`` from the last bytes
+    of its videos object of ``size`` bytes; DamagedObject unless it is an
+    index trajlab could have written (crc32c, one entry per clip inside
+    the object, no overlap, absent entries exactly past the last sample)."""
+    S = layout.shard_size
+    start, stop = layout.shard_range(shard)
+    n = stop - start
+    want = S * _INDEX_ENTRY + _CRC
+    if len(tail) != want:
+        raise DamagedObject(f"{what} is too short for its shard index ({size} bytes)")
+    body, crc = tail[:-_CRC], tail[-_CRC:]
+    if struct.unpack("<I", crc)[0] != _crc32c(body):
+        raise DamagedObject(f"{what} has a shard index whose crc32c does not match")
+    idx = np.frombuffer(body, dtype="<u8").reshape(S, 2)
+    if n < S and not (idx[n:] == ABSENT).all():
+        raise DamagedObject(f"{what} lists clips past the end of the dataset")
+    off, ln = idx[:n, 0].astype(np.int64, copy=False), idx[:n, 1]
+    per = layout.arrays()["videos"][4]
+    data_end = size - want
+    if (idx[:n] == ABSENT).any() or (ln < 9).any() or (ln > compress_bound(per)).any():
+        raise DamagedObject(f"{what} has a shard index with a missing or impossible entry")
+    off = idx[:n, 0]
+    if (off > data_end).any() or ((off + ln) > data_end).any():
+        raise DamagedObject(f"{what} has a shard index pointing outside the object")
+    order = np.argsort(off, kind="stable")
+    so, sl = off[order], ln[order]
+    if n > 1 and ((so[:-1] + sl[:-1]) > so[1:]).any():
+        raise DamagedObject(f"{what} has a shard index with overlapping clips")
+    return off.astype(np.int64), ln.astype(np.int64)
+
+
+def decode_object(raw, layout, name, shard, what):
+    """The decoded rows of shard ``shard`` of array ``name`` from its whole
+    object ``raw``: an array of shape (stop - start, ...)."""
+    _f, shape, dt, _h, per = layout.arrays()[name]
+    start, stop = layout.shard_range(shard)
+    n = stop - start
+    if name != "videos":
+        out = decompress(raw, layout.shard_size * per, what)
+        return np.frombuffer(out, dtype=dt.newbyteorder("<"), count=n * per // dt.itemsize
+                             ).astype(dt, copy=False).reshape((n, *shape[1:]))
+    tail = bytes(raw[len(raw) - (layout.shard_size * _INDEX_ENTRY + _CRC):]) \
+        if len(raw) >= layout.shard_size * _INDEX_ENTRY + _CRC else b""
+    off, ln = parse_index(tail, layout, shard, len(raw), what)
+    rows = np.empty((n, per), dtype=np.uint8)
+    mv = memoryview(raw)
+    for j in range(n):
+        rows[j] = np.frombuffer(decompress(mv[off[j]:off[j] + ln[j]], per,
+                                           f"{what}, clip {start + j}"), dtype=np.uint8)
+    return rows.reshape((n, *shape[1:]))
+
+
+# ------------------------------------------------------------------- reading
+def _read_object(run_dir, layout, name, shard):
+    from .storage import TooLargeError, read_bytes
+
+    path = object_path(run_dir, layout, name, shard)
+    try:
+        return read_bytes(path, max_object_bytes(layout, name))
+    except FileNotFoundError:
+        raise DamagedObject(f"{_rel(run_dir, path)} is missing") from None
+    except TooLargeError as exc:
+        raise DamagedObject(f"{_rel(run_dir, path)} is larger ({exc.size} bytes) than trajlab "
+                            "writes") from None
+
+
+def _rel(run_dir, path):
+    return os.path.relpath(path, run_dir)
+
+
+def read_shard(run_dir, layout, name, shard):
+    """Decoded rows of one shard of one array (DamagedObject if damaged)."""
+    raw = _read_object(run_dir, layout, name, shard)
+    return decode_object(raw, layout, name, shard,
+                         _rel(run_dir, object_path(run_dir, layout, name, shard)))
+
+
+def object_size(run_dir, layout, name, shard):
+    """Bytes of the stored object, or None if it is missing."""
+    try:
+        return os.lstat(object_path(run_dir, layout, name, shard)).st_size
+    except FileNotFoundError:
+        return None
+
+
+class ChunkedArray:
+    """Read-only view of one array of a format-2 run dir.
+
+    Supports ``len``, ``shape``, ``dtype``, ``ndim``, ``np.asarray`` and
+    indexing by an int, a slice, an integer array or a boolean mask on the
+    first axis (followed by any numpy index of the other axes); every
+    result is a new numpy array. Shards are decoded on demand (videos one
+    clip at a time) and a few are cached; a damaged object raises
+    :class:`trajlab.storage.RunDirError`.
+    """
+
+    _CACHE = 8
+
+    def __init__(self, run_dir, layout, name):
+        self.run_dir, self.layout, self.name = run_dir, layout, name
+        _f, shape, dt, _h, per = layout.arrays()[name]
+        self.shape, self.dtype, self._per = tuple(shape), np.dtype(dt), per
+        self.ndim = len(shape)
+        self._chunks = OrderedDict()       # shard -> decoded rows (small arrays)
+        self._indices = OrderedDict()      # shard -> (fd, offsets, lengths) (videos)
+
+    def __len__(self):
+        return self.shape[0]
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self):
+        return (f"ChunkedArray({self.name!r}, shape={self.shape}, dtype={self.dtype}, "
+                f"run_dir={self.run_dir!r})")
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getstate__(self):
+        return {"run_dir": self.run_dir, "layout": self.layout, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["run_dir"], state["layout"], state["name"])
+
+    def __del__(self):
+        self.close()
+
+    def close(self):
+        for fd, *_r in getattr(self, "_indices", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if hasattr(self, "_indices"):
+            self._indices.clear()
+
+    # indexing ---------------------------------------------------------
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        n = self.shape[0]
+        if key is Ellipsis:
+            key, rest = slice(None), (Ellipsis, *rest)
+        if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, bool):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
+            out = self._rows(np.array([i % n]))[0]
+            return out[rest] if rest else out
+        if isinstance(key, slice):
+            idx = np.arange(*key.indices(n))
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                if idx.shape != (n,):
+                    raise IndexError(f"boolean index of shape {idx.shape} does not match "
+                                     f"axis 0 of size {n}")
+                idx = np.flatnonzero(idx)
+            elif idx.dtype.kind not in "iu" or idx.ndim != 1:
+                raise IndexError("only integers, slices, 1-D integer arrays and boolean masks "
+                                 f"index the first axis; got {key!r}")
+            if idx.size and (idx.min() < -n or idx.max() >= n):
+                raise IndexError(f"index out of bounds for axis 0 with size {n}")
+            idx = idx.astype(np.int64) % n if idx.size else idx.astype(np.int64)
+        out = self._rows(idx)
+        return out[(slice(None), *rest)] if rest else out
+
+    def _rows(self, idx):
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        if not len(idx):
+            return out
+        S = self.layout.shard_size
+        shards = idx // S
+        order = np.argsort(shards, kind="stable")
+        bounds = np.flatnonzero(np.diff(shards[order])) + 1
+        for group in np.split(order, bounds):
+            s = int(shards[group[0]])
+            local = idx[group] - s * S
+            if self.name == "videos":
+                self._clips(s, local, out, group)
+            else:
+                out[group] = self._chunk(s)[local]
+        return out
+
+    def _damaged(self, exc):
+        from .storage import RunDirError
+
+        return RunDirError(f"{exc} in run directory {self.run_dir!r}: the dataset is damaged. "
+                           f"Run `trajlab verify --repair {self.run_dir}` then `trajlab "
+                           "generate` on it to regenerate the bad shards.")
+
+    def _chunk(self, s):
+        got = self._chunks.get(s)
+        if got is None:
+            try:
+                got = read_shard(self.run_dir, self.layout, self.name, s)
+            except DamagedObject as exc:
+                raise self._damaged(exc) from None
+            self._chunks[s] = got
+            if len(self._chunks) > self._CACHE:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(s)
+        return got
+
+    def _index(self, s):
+        from .storage import open_nofollow
+
+        got = self._indices.get(s)
+        if got is not None:
+            self._indices.move_to_end(s)
+            return got
+        path = object_path(self.run_dir, self.layout, self.name, s)
+        what = _rel(self.run_dir, path)
+        try:
+            fd = open_nofollow(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._damaged(f"{what} is missing") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size > max_object_bytes(self.layout, self.name):
+                raise DamagedObject(f"{what} is larger ({size} bytes) than trajlab writes")
+            want = self.layout.shard_size * _INDEX_ENTRY + _CRC
+            tail = os.pread(fd, want, size - want) if size >= want else b""
+            off, ln = parse_index(tail, self.layout, s, size, what)
+        except DamagedObject as exc:
+            os.close(fd)
+            raise self._damaged(exc) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        got = self._indices[s] = (fd, off, ln, what)
+        if len(self._indices) > self._CACHE:
+            old = self._indices.popitem(last=False)[1]
+            os.close(old[0])
+        return got
+
+    def _clips(self, s, local, out, positions):
+        fd, off, ln, what = self._index(s)
+        start = s * self.layout.shard_size
+        view = out.reshape(len(out), -1)
+        for j, p in zip(local.tolist(), positions.tolist()):
+            data = os.pread(fd, int(ln[j]), int(off[j]))
+            try:
+                if len(data) != ln[j]:
+                    raise DamagedObject(f"{what} is truncated")
+                view[p] = np.frombuffer(decompress(data, self._per, f"{what}, clip {start + j}"),
+                                        dtype=np.uint8)
+            except DamagedObject as exc:
+                raise self._damaged(exc) from None
