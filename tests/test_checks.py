@@ -23,7 +23,7 @@ def test_every_check_passes_on_generated_data(run):
     report = validate_dataset(run_dir)
     assert report.passed, str(report)
     assert len(report.checks) >= 8
-    radius = np.load(os.path.join(run_dir, "radius.npy"), allow_pickle=False)
+    radius = np.asarray(trajlab.open_dataset(run_dir).radius)
     if spec.radius_mode == "constant":
         assert (radius == radius[:, :1]).all()
     else:

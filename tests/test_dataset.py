@@ -7,11 +7,14 @@ import pytest
 
 from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_dataset
 
+from _util import FORMATS, read_annotation_text, write_annotation_text
 
-@pytest.fixture()
-def run(tmp_path):
+
+@pytest.fixture(params=FORMATS, ids=lambda f: f"format{f}")
+def run(tmp_path, request):
     spec = DatasetSpec(n_samples=40, n_frames=8, image_size=16, seed=5)
-    generate(spec, tmp_path / "run", n_jobs=1, shard_size=10, progress="none")
+    generate(spec, tmp_path / "run", n_jobs=1, shard_size=10, progress="none",
+             format_version=request.param)
     return tmp_path / "run", spec
 
 
@@ -20,9 +23,8 @@ def test_annotations_match_generator_and_are_verified(run):
     _, _, ann = make_trajectories(40, spec=spec, return_annotations=True)
     ds = open_dataset(rd)
     assert list(ds.annotations()) == ann["records"]
-    path = rd / "annotations" / "00002.jsonl"
-    text = path.read_text()
-    path.write_text(text.replace('"split": "train"', '"split": "test"', 1))
+    text = read_annotation_text(rd, 2)
+    write_annotation_text(rd, 2, text.replace('"split": "train"', '"split": "test"', 1))
     ds = open_dataset(rd)
     assert ds.annotation(5)["index"] == 5                  # other shards still readable
     with pytest.raises(RunDirError, match="annotations are corrupted"):
@@ -77,15 +79,15 @@ import shutil  # noqa: E402
 
 from trajlab import verify_run  # noqa: E402
 
-from _util import run_cli, tree_digest  # noqa: E402
+from _util import damage_sample, layout_of, run_cli, tree_digest  # noqa: E402
 
 PSPEC = DatasetSpec(n_samples=24, n_frames=4, image_size=16, seed=9)
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+@pytest.fixture(scope="module", params=FORMATS, ids=lambda f: f"format{f}")
+def pristine(tmp_path_factory, request):
     rd = tmp_path_factory.mktemp("pristine") / "run"
-    generate(PSPEC, rd, n_jobs=1, shard_size=8, progress="none")
+    generate(PSPEC, rd, n_jobs=1, shard_size=8, progress="none", format_version=request.param)
     videos, labels, ann = make_trajectories(PSPEC.n_samples, spec=PSPEC, return_annotations=True)
     manifest = json.loads((rd / "manifest.json").read_text())
     return {"dir": rd, "videos": videos, "labels": labels, "ann": ann, "manifest": manifest,
@@ -271,24 +273,39 @@ def test_generate_verify_repairs_every_repairable_corruption(pristine, tmp_path)
 
 def test_negative_shard_size_is_not_ok(copy):
     """'layout.shard_size: -1' gave "OK - -4000 shards" even with a flipped byte."""
+    damage_sample(copy, "videos", 12, how="raw")
     doc = json.loads((copy / "spec.json").read_text())
     doc["layout"]["shard_size"] = -1
     (copy / "spec.json").write_text(json.dumps(doc))
-    _flip(copy / "videos.npy", "middle")
     proc = run_cli("verify", copy)
     assert proc.returncode == 1 and "OK" not in proc.stdout
     assert "The 'layout.shard_size' parameter of spec.json" in proc.stdout
     assert not verify_run(copy)["ok"]
 
 
+def _reorder_videos(copy):
+    """Format 1: a Fortran-order header; format 2: a zarr.json whose clips
+    are stored transposed (a valid zarr v3 codec list, not trajlab's)."""
+    if layout_of(copy).format_version == 1:
+        _npy_header(copy / "videos.npy", lambda h: h.replace("False", "True"))
+        return r"videos.npy.*header.*fortran_order", "videos.npy: header rewritten"
+    path = copy / "data" / "videos" / "zarr.json"
+    doc = json.loads(path.read_text())
+    inner = doc["codecs"][0]["configuration"]["codecs"]
+    inner.insert(0, {"name": "transpose", "configuration": {"order": [0, 1, 2, 4, 3]}})
+    path.write_text(json.dumps(doc))
+    return (r"data/videos/zarr.json.*metadata trajlab writes.*differs at codecs",
+            "data/videos/zarr.json: rewritten")
+
+
 @pytest.mark.parametrize("mode", ["lazy", "full", "none"])
 def test_fortran_order_header_is_refused_in_every_mode(copy, pristine, mode):
-    _npy_header(copy / "videos.npy", lambda h: h.replace("False", "True"))
+    refused, repaired = _reorder_videos(copy)
     assert not verify_run(copy)["ok"]
-    with pytest.raises(RunDirError, match=r"videos.npy.*header.*fortran_order"):
+    with pytest.raises(RunDirError, match=refused):
         open_dataset(copy, verify=mode)
     proc = run_cli("generate", copy, "--verify")
-    assert proc.returncode == 0 and "videos.npy: header rewritten" in proc.stdout
+    assert proc.returncode == 0 and repaired in proc.stdout, proc.stdout
     assert _load_everything(copy, pristine) is True
 
 
@@ -315,16 +332,15 @@ def test_damaged_manifest_fails_verify_and_is_rebuilt_by_repair(copy, pristine, 
 
 
 def test_full_verification_checks_annotations(copy):
-    path = copy / "annotations" / "00001.jsonl"
-    path.write_text(path.read_text().replace('"split": "train"', '"split": "test"', 1))
+    text = read_annotation_text(copy, 1)
+    write_annotation_text(copy, 1, text.replace('"split": "train"', '"split": "test"', 1))
     with pytest.raises(RunDirError, match="annotations"):
         open_dataset(copy, verify="full")
 
 
 def test_malformed_annotations_raise_run_dir_error_even_unverified(copy):
-    path = copy / "annotations" / "00001.jsonl"
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:1] + ["{oops\n"] + lines[2:]))
+    lines = read_annotation_text(copy, 1).splitlines(keepends=True)
+    write_annotation_text(copy, 1, "".join(lines[:1] + ["{oops\n"] + lines[2:]))
     ds = open_dataset(copy, verify="none")
     with pytest.raises(RunDirError, match=r"annotations/00001.jsonl.*line 2"):
         ds.annotation(9)
@@ -352,9 +368,20 @@ def test_run_dir_argument_type(arg):
 
 
 def test_crafted_npy_header_gives_the_template(copy):
-    _npy_header(copy / "labels.npy", lambda h: h.replace("'descr'", "'evil'"))
-    with pytest.raises(RunDirError, match=r"The 'labels.npy' file of run directory .* must have "
-                                          r"the header .*Got .* instead"):
+    if layout_of(copy).format_version == 1:
+        _npy_header(copy / "labels.npy", lambda h: h.replace("'descr'", "'evil'"))
+        with pytest.raises(RunDirError, match=r"The 'labels.npy' file of run directory .* must "
+                                              r"have the header .*Got .* instead"):
+            open_dataset(copy)
+        return
+    path = copy / "data" / "labels" / "zarr.json"
+    doc = json.loads(path.read_text())
+    doc["shape"] = [10**15]                  # a reader that trusted it would allocate 8 PB
+    doc["data_type"] = {"name": "evil"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match=r"The 'data/labels/zarr.json' document of run "
+                                          r"directory .* must be the zarr v3 metadata trajlab "
+                                          r"writes .*differs at data_type, shape.0: got "):
         open_dataset(copy)
 
 

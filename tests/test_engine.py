@@ -19,17 +19,31 @@ from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_
 from trajlab.engine import _finalize, find_bad_shards
 from trajlab.storage import RunLayout, load_layout, write_json_atomic, write_shard
 
-from _util import alive, default_sigint, descendants, run_cli, snapshot, tree_digest
+from _util import (FORMATS, alive, array_file, damage_sample, default_sigint, descendants,
+                   run_cli, snapshot, tree_digest)
 
 SMALL = DatasetSpec(n_samples=150, n_frames=8, image_size=16, seed=7)
 
 
+@pytest.fixture(scope="module", params=FORMATS, ids=lambda f: f"format{f}")
+def fmt(request):
+    """The storage format of the guarantee tests (each runs on both)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A sequential (n_jobs=1) run of SMALL."""
-    rd = tmp_path_factory.mktemp("ref") / "run"
-    res = generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none")
+def _reference_run(tmp_path_factory, fmt):
+    rd = tmp_path_factory.mktemp(f"ref{fmt}") / "run"
+    res = generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none", format_version=fmt)
     return rd, res, tree_digest(rd)
+
+
+@pytest.fixture()
+def reference(_reference_run, fmt, monkeypatch):
+    """A sequential (n_jobs=1) run of SMALL in format ``fmt``, which is also
+    the format of every new run dir of the test."""
+    monkeypatch.setattr(trajlab.storage, "FORMAT_VERSION", fmt)
+    return _reference_run
 
 
 def test_sequential_run_equals_in_memory_generator(reference):
@@ -56,7 +70,7 @@ def test_bytes_do_not_depend_on_backend_or_workers(tmp_path, reference, backend,
 def test_bytes_do_not_depend_on_completion_order(tmp_path, reference):
     """Write the shards in a shuffled order, then let generate finalize."""
     rd = str(tmp_path / "run")
-    layout = RunLayout(SMALL, 16)
+    layout = RunLayout(SMALL, 16, reference[1].manifest["format_version"])
     os.makedirs(rd)
     write_json_atomic(os.path.join(rd, "spec.json"), layout.spec_document(trajlab.__version__))
     layout.preallocate(rd)
@@ -72,8 +86,12 @@ def test_bytes_do_not_depend_on_completion_order(tmp_path, reference):
 def test_shard_size_does_not_change_bytes(tmp_path, reference):
     generate(SMALL, tmp_path / "run", n_jobs=1, shard_size=37, progress="none")
     a, b = tree_digest(tmp_path / "run"), reference[2]
-    assert {k: v for k, v in a.items() if k.endswith(".npy")} == \
-        {k: v for k, v in b.items() if k.endswith(".npy")}
+    ds, ref = open_dataset(tmp_path / "run", verify="full"), open_dataset(reference[0])
+    for name in ref.arrays:
+        np.testing.assert_array_equal(np.asarray(ds.arrays[name]), np.asarray(ref.arrays[name]))
+    if ref.layout.format_version == 1:
+        assert {k: v for k, v in a.items() if k.endswith(".npy")} == \
+            {k: v for k, v in b.items() if k.endswith(".npy")}
 
 
 def test_prefix_dataset_equals_first_samples(tmp_path, reference):
@@ -94,8 +112,9 @@ def test_finished_run_is_a_noop(reference):
 
 
 # ----------------------------------------------------------- kill + resume
-def _spawn(rd, n, shard, extra=()):
+def _spawn(rd, n, shard, extra=(), fmt=None):
     env = dict(os.environ, TRAJLAB_PROGRESS="none")
+    extra = (*extra, "--format-version", str(fmt or trajlab.storage.FORMAT_VERSION))
     return subprocess.Popen(
         [sys.executable, "-m", "trajlab", "generate", str(rd), "-n", str(n), "--n-frames", "8",
          "--image-size", "32", "--seed", "11", "--shard-size", str(shard), "-j", "2", *extra],
@@ -120,19 +139,19 @@ KILL_SPEC = DatasetSpec(n_samples=6000, n_frames=8, image_size=32, seed=11)
 
 
 @pytest.fixture(scope="module")
-def kill_reference(tmp_path_factory):
-    rd = tmp_path_factory.mktemp("killref") / "run"
-    generate(KILL_SPEC, rd, n_jobs=2, shard_size=50, progress="none")
+def kill_reference(tmp_path_factory, fmt):
+    rd = tmp_path_factory.mktemp(f"killref{fmt}") / "run"
+    generate(KILL_SPEC, rd, n_jobs=2, shard_size=50, progress="none", format_version=fmt)
     return tree_digest(rd)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [0, 5, 40, 80])
-def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_after):
+def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_after, fmt):
     """kill -9 the whole process group after ``kill_after`` shard records
     (0: as soon as spec.json exists), then resume with the same command."""
     rd = tmp_path / "run"
-    proc = _spawn(rd, KILL_SPEC.n_samples, 50)
+    proc = _spawn(rd, KILL_SPEC.n_samples, 50, fmt=fmt)
     try:
         if kill_after == 0:
             _wait_for(lambda: os.path.exists(rd / "spec.json"))
@@ -165,30 +184,26 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_af
 
 # --------------------------------------------------------------- integrity
 @pytest.fixture()
-def fresh_run(tmp_path, reference):
+def fresh_run(tmp_path, reference, fmt):
     rd = tmp_path / "run"
-    generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none")
+    generate(SMALL, rd, n_jobs=1, shard_size=16, progress="none", format_version=fmt)
     return rd
 
 
 def test_flipped_byte_is_caught_by_verify_loading_and_repaired(fresh_run, reference):
     rd = fresh_run
     _, layout = load_layout(rd)
-    offset = layout.arrays()["videos"][3] + 5 * layout.arrays()["videos"][4] + 100  # shard 0
-    with open(rd / "videos.npy", "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    damage_sample(rd, "videos", 5)                     # shard 0: one decoded byte differs
     bad = find_bad_shards(str(rd), layout)
     assert [(s, what) for s, what, _ in bad] == [(0, "videos")]
     proc = run_cli("verify", rd)
     assert proc.returncode == 1 and "first bad shard 0" in proc.stdout
     ds = open_dataset(rd)                      # O(1) open does not read data ...
     ds.sample(40)                              # ... shard 2 is fine
-    with pytest.raises(RunDirError, match="Checksum mismatch in videos.npy, shard 0"):
+    with pytest.raises(RunDirError, match=f"Shard 0 of .* checksum mismatch in "
+                                          f"{array_file(rd, 'videos')}"):
         ds.sample(5)
-    with pytest.raises(RunDirError, match="Checksum mismatch"):
+    with pytest.raises(RunDirError, match="checksum mismatch"):
         open_dataset(rd, verify="full")
     # repair: drop bad records, resume regenerates exactly that shard
     assert run_cli("verify", rd, "--repair").returncode == 1
@@ -198,14 +213,21 @@ def test_flipped_byte_is_caught_by_verify_loading_and_repaired(fresh_run, refere
     assert run_cli("verify", rd).returncode == 0
 
 
-def test_truncated_file_is_caught_and_resume_regenerates(fresh_run, reference):
+def test_truncated_file_is_caught_and_resume_regenerates(fresh_run, reference, fmt):
     rd = fresh_run
-    size = os.path.getsize(rd / "pixels.npy")
-    os.truncate(rd / "pixels.npy", size - 1000)
-    with pytest.raises(RunDirError, match="truncated"):
-        open_dataset(rd)
+    damage_sample(rd, "pixels", 149, how="truncate")
+    if fmt == 1:       # the file's size is checked at open
+        with pytest.raises(RunDirError, match="truncated"):
+            open_dataset(rd)
+    else:              # each object is checked when its shard is first read (O(1) open)
+        ds = open_dataset(rd)
+        ds.sample(0)
+        with pytest.raises(RunDirError, match=r"Shard 9 .*data/pixels/c\.9\.0\.0 does not "
+                                              r"decode"):
+            ds.sample(149)
     rep = trajlab.verify_run(str(rd))
-    assert not rep["ok"] and any("truncated" in r for _, _, r in rep["bad"])
+    assert not rep["ok"] and any(("truncated" if fmt == 1 else "does not decode") in r
+                                 for _, _, r in rep["bad"])
     res = generate(SMALL, rd, progress="none")
     assert 1 <= res.shards_generated <= 2      # only the shard(s) whose bytes were cut
     assert tree_digest(rd) == reference[2]
@@ -213,14 +235,12 @@ def test_truncated_file_is_caught_and_resume_regenerates(fresh_run, reference):
 
 def test_verify_option_regenerates_corrupted_shards_on_resume(fresh_run, reference):
     rd = fresh_run
-    with open(rd / "videos.npy", "r+b") as fh:
-        fh.seek(-3, os.SEEK_END)
-        fh.write(b"\x07")
+    damage_sample(rd, "videos", 148, byte=-3)
     res = generate(SMALL, rd, progress="none")        # complete: no-op without verify
     assert res.already_complete
     res = generate(SMALL, rd, progress="none", verify=True)
     assert res.shards_generated == 1
-    assert res.repaired[0].startswith("shard 9: checksum mismatch in videos.npy")
+    assert res.repaired[0].startswith(f"shard 9: checksum mismatch in {array_file(rd, 'videos')}")
     assert "manifest.json: rebuilt" in res.repaired
     assert tree_digest(rd) == reference[2]
 
@@ -229,12 +249,11 @@ def test_damaged_labels_are_regenerated_even_without_verify(fresh_run, reference
     """labels and splits feed the manifest's counts: they are checked on
     every resume (9 bytes a sample), not only with verify=True."""
     rd = fresh_run
-    with open(rd / "labels.npy", "r+b") as fh:
-        fh.seek(-3, os.SEEK_END)
-        fh.write(b"\x07")
+    damage_sample(rd, "labels", 149, byte=5)
     res = generate(SMALL, rd, progress="none")
     assert not res.already_complete and res.shards_generated == 1
-    assert res.repaired[0] == "shard 9: checksum mismatch in labels.npy (samples 144..149); regenerated"
+    assert res.repaired[0] == (f"shard 9: checksum mismatch in {array_file(rd, 'labels')} "
+                               "(samples 144..149); regenerated")
     assert tree_digest(rd) == reference[2]
 
 
@@ -349,9 +368,7 @@ def test_not_enough_disk_space_fails_before_any_work(tmp_path, monkeypatch):
 
 
 def test_repair_then_status_says_incomplete(fresh_run):
-    with open(fresh_run / "videos.npy", "r+b") as fh:
-        fh.seek(-1, os.SEEK_END)
-        fh.write(b"\x01")
+    damage_sample(fresh_run, "videos", 149, how="raw")
     rep = trajlab.engine.repair(str(fresh_run))
     assert [s for s, *_ in rep["bad"]] == [9] and rep["dropped"] == [9]
     assert rep["rebuilt"] == ["shard 9: record dropped (bytes or record damaged)",
@@ -429,7 +446,12 @@ def test_fsync_mode_syncs_data_records_and_renames(tmp_path, reference, monkeypa
     generate(SMALL, tmp_path / "run", n_jobs=1, shard_size=16, progress="none", fsync=True)
     assert tree_digest(tmp_path / "run") == reference[2]
     names = [os.path.relpath(p, tmp_path / "run") for p in synced]
-    assert sum(n == "videos.npy" for n in names) == 10                 # every shard's bytes
+    if reference[1].manifest["format_version"] == 1:
+        assert sum(n == "videos.npy" for n in names) == 10             # every shard's bytes
+    else:                  # every shard's object, written whole, then its rename
+        assert sum(n.startswith("data/videos/.c.") and ".trajlab-tmp." in n
+                   for n in names) == 10
+        assert sum(n == "data/videos" for n in names) == 10
     assert sum(n.startswith("shards/.") and ".trajlab-tmp." in n for n in names) == 10  # records
     assert sum(n == "shards" for n in names) == 10                     # ... and their renames
     assert any(n.startswith(".manifest.json.trajlab-tmp.") for n in names)
@@ -450,9 +472,9 @@ def test_resume_refused_where_numerics_differ(fresh_run):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_signals_end_the_run_as_interrupted_and_resume(tmp_path, kill_reference, sig):
+def test_signals_end_the_run_as_interrupted_and_resume(tmp_path, kill_reference, sig, fmt):
     rd = tmp_path / "run"
-    proc = _spawn(rd, KILL_SPEC.n_samples, 50)
+    proc = _spawn(rd, KILL_SPEC.n_samples, 50, fmt=fmt)
     try:
         _wait_for(lambda: len(_records(rd)) >= 3 or proc.poll() is not None)
         proc.send_signal(sig)
@@ -470,10 +492,34 @@ def test_signals_end_the_run_as_interrupted_and_resume(tmp_path, kill_reference,
 
 
 # ------------------------------------------- writes never follow symlinks
-def test_resume_never_writes_through_a_symlinked_array(fresh_run, tmp_path):
+def test_resume_never_writes_through_a_symlinked_array(fresh_run, tmp_path, fmt):
     """labels.npy replaced by a link to a file outside the run dir, one record
-    gone: resuming would write shard 3's labels into that file."""
+    gone: resuming would write shard 3's labels into that file. Format 2:
+    the labels folder, or one shard object, replaced by a link."""
     rd = fresh_run
+    if fmt == 2:
+        import shutil
+
+        outside = tmp_path / "someone-elses"
+        shutil.copytree(rd / "data" / "labels", outside)
+        shutil.rmtree(rd / "data" / "labels")
+        os.symlink(outside, rd / "data" / "labels")
+        os.remove(rd / "shards" / "00003.json")
+        os.remove(rd / "manifest.json")
+        before = snapshot(outside)
+        for verify in (False, True):
+            with pytest.raises(RunDirError, match=r"symbolic link.*data/labels"):
+                generate(SMALL, rd, progress="none", verify=verify)
+            assert snapshot(outside) == before
+        os.remove(rd / "data" / "labels")
+        shutil.copytree(outside, rd / "data" / "labels")
+        obj = rd / "data" / "labels" / "c.3"
+        os.remove(obj)
+        os.symlink(outside / "c.3", obj)
+        with pytest.raises(RunDirError, match=r"symbolic link.*data/labels/c\.3"):
+            generate(SMALL, rd, progress="none")
+        assert snapshot(outside) == before
+        return
     _, layout = load_layout(rd)
     fname, shape, dt, hlen, per = layout.arrays()["labels"]
     a, b = layout.shard_range(3)
@@ -528,9 +574,21 @@ def test_symlinked_folder_is_refused(fresh_run, tmp_path, folder):
     assert snapshot(elsewhere) == before
 
 
-def test_hard_linked_array_is_not_written(fresh_run, tmp_path):
+def test_hard_linked_array_is_not_written(fresh_run, tmp_path, fmt):
     """A second name of the same inode (e.g. a `cp -al` backup) would be
-    changed too."""
+    changed too. Format 2 never writes in place: a shard object is replaced
+    by a new file, so a hard-linked backup keeps its bytes."""
+    if fmt == 2:
+        obj = fresh_run / "data" / "videos" / "c.1.0.0.0.0"
+        backup = tmp_path / "backup-object"
+        os.link(obj, backup)
+        before = backup.read_bytes()
+        os.remove(fresh_run / "shards" / "00001.json")
+        os.remove(fresh_run / "manifest.json")
+        assert generate(SMALL, fresh_run, progress="none").shards_generated == 1
+        assert backup.read_bytes() == before
+        assert os.stat(obj).st_ino != os.stat(backup).st_ino
+        return
     backup = tmp_path / "backup-videos.npy"
     os.link(fresh_run / "videos.npy", backup)
     os.remove(fresh_run / "shards" / "00001.json")
@@ -721,14 +779,17 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def test_disk_full_ends_as_failed_and_leaves_no_temporary_files(tiny_disk):
+@pytest.mark.parametrize("fmt,noise", [(1, 0.0), (2, 20.0)])
+def test_disk_full_ends_as_failed_and_leaves_no_temporary_files(tiny_disk, fmt, noise):
     """Sparse preallocation passes the space check on tmpfs only because it
-    is skipped here; the shards then fill the disk."""
+    is skipped here; the shards then fill the disk. (Format 2 compresses
+    a clean spec below the disk's size: noise makes it incompressible.)"""
     rd = tiny_disk / "run"
     code = ("import trajlab, trajlab.engine as e\n"
             "e._check_disk_space = lambda *a: None\n"
-            f"trajlab.generate(trajlab.DatasetSpec(n_samples=400, n_frames=8, image_size=32), "
-            f"{str(rd)!r}, n_jobs=1, shard_size=16, progress='none')\n")
+            f"trajlab.generate(trajlab.DatasetSpec(n_samples=400, n_frames=8, image_size=32, "
+            f"pixel_noise={noise}), {str(rd)!r}, n_jobs=1, shard_size=16, progress='none', "
+            f"format_version={fmt})\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "No space left on device" in proc.stderr

@@ -9,7 +9,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _util import default_sigint, small_run
+from _util import (FORMATS, array_file, damage_sample, default_sigint, read_annotation_text,
+                   small_run, write_annotation_text)
 
 import trajlab
 import trajlab.export as ex
@@ -23,10 +24,12 @@ KEYS = {"videos", "labels", "trajectory_3d", "equations", "descriptions", "class
         "indices", "fingerprint"}
 
 
-@pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    """A finished run dir (5 shards of 8) and the in-memory oracle."""
-    return small_run(tmp_path_factory, "export", seed=11, n=N, frames=T, size=S, shard=SHARD)
+@pytest.fixture(scope="session", params=FORMATS, ids=lambda f: f"format{f}")
+def run(tmp_path_factory, request):
+    """A finished run dir (5 shards of 8) and the in-memory oracle; export
+    reads both storage formats through the same code."""
+    return small_run(tmp_path_factory, "export", seed=11, n=N, frames=T, size=S, shard=SHARD,
+                     fmt=request.param)
 
 
 def _expected(run, split=None):
@@ -245,26 +248,20 @@ def run_copy(run, tmp_path):
 def test_corrupted_videos_raise_and_write_nothing(run_copy, tmp_path, fmt):
     if fmt == "pt":
         pytest.importorskip("torch")
-    path = os.path.join(run_copy, "videos.npy")
-    with open(path, "r+b") as fh:                 # last byte: last shard
-        fh.seek(-1, os.SEEK_END)
-        b = fh.read(1)
-        fh.seek(-1, os.SEEK_END)
-        fh.write(bytes([b[0] ^ 1]))
+    damage_sample(run_copy, "videos", N - 1, byte=-1)          # last byte: last shard
     out = tmp_path / f"x.{fmt}"
-    with pytest.raises(RunDirError, match=r"Checksum mismatch in videos\.npy, shard 4"):
+    with pytest.raises(RunDirError, match=r"Shard 4 of .* checksum mismatch in "
+                                          + re.escape(array_file(run_copy, "videos"))):
         export(run_copy, out)
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["run"]
 
 
 def test_corrupted_annotations_raise(run_copy, tmp_path):
-    path = os.path.join(run_copy, "annotations", "00001.jsonl")
-    with open(path, "r+b") as fh:
-        fh.seek(30)
-        b = fh.read(1)
-        fh.seek(30)
-        fh.write(b"X" if b != b"X" else b"Y")       # still valid UTF-8, maybe valid JSON
-    with pytest.raises(RunDirError, match=r"00001.jsonl' \(shard 1\): the annotations are corrupted"):
+    text = read_annotation_text(run_copy, 1)
+    text = text[:30] + ("X" if text[30] != "X" else "Y") + text[31:]   # valid UTF-8, maybe JSON
+    write_annotation_text(run_copy, 1, text)
+    with pytest.raises(RunDirError, match=r"Shard 1 of .* annotations file changed \(checksum "
+                                          r"mismatch\)"):
         export(run_copy, tmp_path / "x.npz")
 
 

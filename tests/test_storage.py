@@ -101,7 +101,7 @@ def test_preallocated_headers_are_those_numpy_writes(tmp_path):
     """The files trajlab creates are byte-identical to numpy's open_memmap."""
     from numpy.lib.format import open_memmap
 
-    layout = RunLayout(SPEC, 8)
+    layout = RunLayout(SPEC, 8, format_version=1)
     os.makedirs(tmp_path / "run")
     layout.preallocate(str(tmp_path / "run"))
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
@@ -111,14 +111,16 @@ def test_preallocated_headers_are_those_numpy_writes(tmp_path):
         assert (tmp_path / "run" / fname).read_bytes() == ref.read_bytes(), name
 
 
-def test_preallocate_refuses_to_write_through_symlinks(tmp_path):
-    precious = tmp_path / "precious.npy"
+@pytest.mark.parametrize("fmt,name", [(1, "videos.npy"), (2, "data"), (2, "data/videos"),
+                                      (2, "data/zarr.json"), (2, "data/videos/zarr.json")])
+def test_preallocate_refuses_to_write_through_symlinks(tmp_path, fmt, name):
+    precious = tmp_path / "precious"
     precious.write_bytes(b"mine")
     rd = tmp_path / "run"
-    rd.mkdir()
-    os.symlink(precious, rd / "videos.npy")
+    (rd / os.path.dirname(name)).mkdir(parents=True)
+    os.symlink(precious, rd / name)
     with pytest.raises(RunDirError, match="symbolic link"):
-        RunLayout(SPEC, 8).preallocate(str(rd))
+        RunLayout(SPEC, 8, format_version=fmt).preallocate(str(rd))
     assert precious.read_bytes() == b"mine"
 
 

@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _util import small_run
+from _util import FORMATS, array_file, damage_sample, small_run
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
@@ -28,27 +28,47 @@ N, T, S, SHARD = 40, 8, 16, 8
 
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
-    """A finished run dir (5 shards of 8) and the in-memory oracle."""
+    """A finished run dir (5 shards of 8, default format) and the in-memory oracle."""
     return small_run(tmp_path_factory, "torchdata", seed=3, n=N, frames=T, size=S, shard=SHARD)
 
 
+@pytest.fixture(scope="session", params=FORMATS, ids=lambda f: f"format{f}")
+def any_run(tmp_path_factory, request):
+    """The same dataset in each storage format."""
+    return small_run(tmp_path_factory, "torchdata", seed=3, n=N, frames=T, size=S, shard=SHARD,
+                     fmt=request.param)
+
+
 @pytest.fixture
-def run_copy(run, tmp_path):
-    """A private copy of the run dir, free to damage."""
+def run_copy(any_run, tmp_path):
+    """A private copy of the run dir (each format), free to damage."""
     dst = tmp_path / "run"
-    shutil.copytree(run["dir"], dst)
+    shutil.copytree(any_run["dir"], dst)
     return str(dst)
 
 
 def _flip_video_byte(run_dir, sample):
-    """Flip one byte inside ``sample``'s video in videos.npy."""
-    path = os.path.join(run_dir, "videos.npy")
-    hlen = np.load(path, mmap_mode="r").offset
-    with open(path, "r+b") as fh:
-        fh.seek(hlen + sample * T * 3 * S * S + 100)
-        b = fh.read(1)
-        fh.seek(-1, os.SEEK_CUR)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    """One decoded byte of ``sample``'s video differs."""
+    damage_sample(run_dir, "videos", sample)
+
+
+def _mismatch(run_dir, shard):
+    return rf"Shard {shard} of .* corrupted: checksum mismatch in {re.escape(array_file(run_dir, 'videos'))}"
+
+
+FIELDS = ("pixels", "positions", "depth", "radius", "K", "R", "t", "colors", "split", "index")
+
+
+def test_both_formats_give_the_same_items(any_run, run):
+    for item in ("pair", "dict"):
+        a = TrajectoryVideoDataset(any_run["dir"], split="train", item=item, fields=FIELDS if item == "dict" else ())
+        b = TrajectoryVideoDataset(run["dir"], split="train", item=item, fields=FIELDS if item == "dict" else ())
+        assert len(a) == len(b) > 0
+        for k in (0, len(a) // 2, len(a) - 1):
+            x, y = a[k], b[k]
+            for u, w in zip(x.values() if item == "dict" else x,
+                            y.values() if item == "dict" else y, strict=True):
+                assert torch.equal(torch.as_tensor(u), torch.as_tensor(w))
 
 
 # ----------------------------------------------------------- values
@@ -168,12 +188,12 @@ def test_flipped_byte_raises_for_that_shard_only(run_copy):
     ds = TrajectoryVideoDataset(run_copy, split=None, dtype="uint8")
     ds[0]                                                # shard 0 is intact
     for i in (2 * SHARD, 2 * SHARD + 3):
-        with pytest.raises(RunDirError, match=r"Checksum mismatch in videos\.npy, shard 2"):
+        with pytest.raises(RunDirError, match=_mismatch(run_copy, 2)):
             ds[i]
     with pytest.raises(RuntimeError, match="corrupted"):  # still raises: never cached as good
         ds[2 * SHARD + 3]
     fc = TrajectoryForecastDataset(run_copy, split=None)
-    with pytest.raises(RunDirError, match="shard 2"):
+    with pytest.raises(RunDirError, match="Shard 2"):
         fc[2 * SHARD + 1]
 
 
@@ -184,7 +204,7 @@ def test_flipped_byte_in_dataloader_raises(run_copy, workers):
     _flip_video_byte(run_copy, 5)
     ds = TrajectoryVideoDataset(run_copy, split=None)
     it = iter(DataLoader(ds, batch_size=6, num_workers=workers))
-    with pytest.raises(RunDirError, match="Checksum mismatch in videos.npy, shard 0") as err:
+    with pytest.raises(RunDirError, match=_mismatch(run_copy, 0)) as err:
         list(it)
     del err, it
     gc.collect()                        # shut the workers down inside this test
@@ -192,7 +212,7 @@ def test_flipped_byte_in_dataloader_raises(run_copy, workers):
 
 def test_verify_full_raises_at_construction(run_copy):
     _flip_video_byte(run_copy, N - 1)
-    with pytest.raises(RunDirError, match="shard 4"):
+    with pytest.raises(RunDirError, match="Shard 4"):
         TrajectoryVideoDataset(run_copy, verify="full")
     ds = TrajectoryVideoDataset(run_copy, split=None, verify="none")   # explicit opt-out
     ds[N - 1]
@@ -213,10 +233,15 @@ def test_incomplete_dataset_raises_with_guidance(run_copy):
 
 
 def test_truncated_file_raises(run_copy):
-    path = os.path.join(run_copy, "videos.npy")
-    os.truncate(path, os.path.getsize(path) - 1)
-    with pytest.raises(RuntimeError, match="truncated"):
-        TrajectoryVideoDataset(run_copy)
+    damage_sample(run_copy, "videos", N - 1, how="truncate")
+    if trajlab.storage.load_layout(run_copy)[1].format_version == 1:
+        with pytest.raises(RuntimeError, match="truncated"):     # file sizes: checked at open
+            TrajectoryVideoDataset(run_copy)
+        return
+    ds = TrajectoryVideoDataset(run_copy, split=None)            # objects: on first use
+    ds[0]
+    with pytest.raises(RunDirError, match=r"data/videos/c\.4\.0\.0\.0\.0 is too short|shard index"):
+        ds[N - 1]
 
 
 # ------------------------------------------------------------ forecast

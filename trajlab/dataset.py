@@ -162,7 +162,7 @@ class TrajectoryData:
         found = check_shard_data(self.run_dir, self.layout, shard, rec)
         if found is not None:
             raise RunDirError(
-                f"Shard {shard} of {self.run_dir!r} is damaged: {found[1]}. Run `trajlab verify "
+                f"Shard {shard} of {self.run_dir!r} is corrupted: {found[1]}. Run `trajlab verify "
                 "--repair` then `trajlab generate` on it to regenerate the bad shards.")
         self._shard_annotations(shard, check=True)
         if shard == 0:     # the first samples are also those spec.json's probe hashes

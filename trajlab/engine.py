@@ -31,7 +31,8 @@ from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPE
                       available_memory, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest,
                       is_trajlab_lock, load_layout, make_dirs, read_manifest, read_record,
-                      remove_stale_temps, temp_owner, utcnow, write_json_atomic, write_shard)
+                      remove_stale_temps, stored_size_problem, temp_owner, utcnow,
+                      write_json_atomic, write_shard)
 
 __all__ = ["generate", "repair", "GenerationResult", "auto_shard_size", "find_bad_shards",
            "GENERATE_PARAMS", "check_generate_args", "check_backend", "ensure_dataset"]
@@ -401,9 +402,15 @@ def _manifest_ok(run_dir, layout):
 
 
 def _is_complete(run_dir, layout):
-    """Every array file exact, every record valid, the manifest right."""
+    """Every array file exact, every record valid, the manifest right
+    (format 2: every object of every shard with its recorded size)."""
     if any(check_array_file(run_dir, layout, name) is not None for name in layout.arrays()):
         return False
+    if layout.format_version == 2:
+        for s in range(layout.n_shards):
+            rec = read_record(run_dir, layout, s)
+            if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
+                return False
     if not all(os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
         return False
     return _manifest_ok(run_dir, layout)
@@ -647,6 +654,12 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
             elif os.path.lexists(layout.shard_record_path(run_dir, s)):
                 lost.add(s)
                 repaired.append(f"shard {s}: damaged completion record dropped; regenerated")
+        for s in sorted(done):           # format 2: a missing or resized object
+            problem = stored_size_problem(run_dir, layout, s, read_record(run_dir, layout, s))
+            if problem:
+                lost.add(s)
+                done.discard(s)
+                repaired.append(f"shard {s}: {problem}; regenerated")
         # labels and splits are read for the manifest anyway: cheap to check always
         for s, reason in _label_split_mismatches(run_dir, layout, sorted(done)):
             lost.add(s)

@@ -37,6 +37,7 @@ import json
 import numbers
 import os
 import struct
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -66,16 +67,26 @@ def _zstd():
     return zstandard
 
 
-_CCTX = None
+#: One compressor and decompressor per thread: python-zstandard's contexts
+#: must not be shared between threads (the threading backend writes shards
+#: from several threads of one process).
+_LOCAL = threading.local()
 
 
 def compress(buf):
     """zstd frame (level 1) with the decoded size and a content checksum."""
-    global _CCTX
-    if _CCTX is None:
-        _CCTX = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
-                                       write_content_size=True)
-    return _CCTX.compress(buf)
+    cctx = getattr(_LOCAL, "cctx", None)
+    if cctx is None:
+        cctx = _LOCAL.cctx = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
+                                                    write_content_size=True)
+    return cctx.compress(buf)
+
+
+def _dctx():
+    dctx = getattr(_LOCAL, "dctx", None)
+    if dctx is None:
+        dctx = _LOCAL.dctx = _zstd().ZstdDecompressor()
+    return dctx
 
 
 def compress_bound(n):
@@ -107,7 +118,7 @@ def decompress(data, size, what):
     if declared != size:
         raise DamagedObject(f"{what} declares {declared} decoded bytes, expected {size}")
     try:
-        out = zstd.ZstdDecompressor().decompress(data, max_output_size=size,
+        out = _dctx().decompress(data, max_output_size=size,
                                                  allow_extra_data=False)
     except zstd.ZstdError as exc:
         raise DamagedObject(f"{what} does not decode ({exc})") from None
