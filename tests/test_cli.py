@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,18 @@ def test_info_and_status(cli_run):
     assert "Shards:       7 of 8 samples" in out
     info = json.loads(run_cli("info", rd, "--json", check=True).stdout)
     assert info["manifest"]["class_counts"] == {"linear": 25, "helical": 25}
+    # bytes on disk: the manifest's count is what the objects take
+    objects = [p for p in Path(rd).rglob("*") if p.is_file()
+               and (p.name.startswith("c.") or p.name.endswith(".jsonl.zst"))]
+    stored = info["manifest"]["stored_bytes"]
+    assert stored["total"] == sum(p.stat().st_size for p in objects) > 0
+    raw = info["manifest"]["raw_bytes"]
+    assert raw == 50 * sum(int(np.prod(a["shape"][1:])) * np.dtype(a["dtype"]).itemsize
+                           for a in info["spec"]["layout"]["arrays"].values())
+    assert info["manifest"]["compression_ratio"] == round(raw / stored["total"], 1) > 2
+    assert (f"On disk:      {stored['total'] / 1e3:,.1f} kB (zstd-1, zarr-v3), "
+            f"{raw / 1e6:,.1f} MB decoded: {info['manifest']['compression_ratio']}x smaller") \
+        in out
     st = run_cli("status", rd)
     assert st.returncode == 0 and "FINISHED" in st.stdout and "50 / 50" in st.stdout
 

@@ -32,6 +32,7 @@ from trajlab import DatasetSpec, generate, make_trajectories, open_dataset, plot
 from trajlab.checks import count_table
 from trajlab.notebook_cli import cli_run
 from trajlab.notebook_params import notebook_parameters
+from _util import damage_sample
 from trajlab.notebook_run import RUN_JSON, SUCCESS_FILE, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,12 +265,13 @@ def test_02_generates_the_dataset_make_trajectories_makes(generated):
 @pytest.mark.slow
 def test_02_again_on_the_same_run_dir_is_a_no_op(generated, tmp_path):
     base, run_dir, params, _res = generated
-    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.npy")}
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert len(before) > 20
     res = run_notebook(NB02, params, runs_dir=tmp_path / "runs", log_output=False)
     assert res.success
     text = _text_outputs(nbformat.read(str(res.output), as_version=4))
     assert "Status:       already complete - nothing to do" in text
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.npy")} == before
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow
@@ -298,14 +300,7 @@ def test_03_fails_with_exit_1_on_a_corrupted_dataset(generated, tmp_path):
     _base, run_dir, _params, _res = generated
     bad = tmp_path / "bad"
     shutil.copytree(run_dir, bad)
-    path = bad / "videos.npy"
-    with open(path, "r+b") as fh:              # flip one byte of the pixels of sample 37
-        per = SMALL["n_frames"] * 3 * SMALL["image_size"] ** 2
-        offset = os.path.getsize(path) - 23 * per + 1000
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    damage_sample(bad, "videos", 37, byte=1000)    # one byte of the pixels of sample 37
     runs = tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, "-m", "trajlab", "run", str(NB03), "-p", "run_dir", str(bad),
@@ -334,7 +329,8 @@ def _data_digests(run_dir):
     """sha256 of every array and annotation file of a run dir."""
     run_dir = Path(run_dir)
     return {p.relative_to(run_dir).as_posix(): _sha256(p)
-            for p in sorted(run_dir.rglob("*")) if p.suffix in (".npy", ".jsonl")}
+            for p in sorted(run_dir.rglob("*")) if p.suffix in (".npy", ".jsonl", ".zst")
+            or p.name.startswith("c.")}
 
 
 def _records(run_dir):

@@ -274,9 +274,27 @@ def _cmd_info(args):
             print(f"  {split:<5}       " + ", ".join(f"{k}={counts[k]}" for k in s.classes)
                   + f"  (total {sum(counts.values())})")
         print("Rejections:   " + ", ".join(f"{k}={rj[k]}" for k in s.classes))
+        print("On disk:      " + _disk_line(layout, manifest))
     print("Spec:")
     print("  " + s.to_json(indent=2).replace("\n", "\n  "))
     return 1 if problem else 0
+
+
+def _megabytes(n):
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+
+
+def _disk_line(layout, manifest):
+    """Bytes on disk (from the manifest), against the decoded size."""
+    if layout.format_version == 1:
+        total = sum(f["bytes"] for f in manifest["files"].values())
+        return f"{_megabytes(total)} of raw .npy arrays (format 1, uncompressed)"
+    sb = manifest["stored_bytes"]
+    return (f"{_megabytes(sb['total'])} ({manifest['codec']}, {manifest['store']}), "
+            f"{_megabytes(manifest['raw_bytes'])} decoded: {manifest['compression_ratio']}x "
+            f"smaller; videos {_megabytes(sb['videos'])}, annotations "
+            f"{_megabytes(sb['annotations'])}, other arrays "
+            f"{_megabytes(sb['total'] - sb['videos'] - sb['annotations'])}")
 
 
 def _cmd_export(args):
