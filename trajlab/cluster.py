@@ -254,9 +254,15 @@ def _probe_run_dir(path):
         from trajlab.generator import probe_digest
         from trajlab.spec import DatasetSpec
 
-        out["probe_sha256"] = probe_digest(DatasetSpec.from_dict(json.loads(raw)["spec"]))
-        out["writable"] = os.access(os.path.join(path, "videos.npy"), os.W_OK) and os.access(
-            os.path.join(path, "annotations"), os.W_OK | os.X_OK)
+        doc = json.loads(raw)
+        out["probe_sha256"] = probe_digest(DatasetSpec.from_dict(doc["spec"]))
+        # format 1: written in place into videos.npy; format 2: new objects
+        # in the array folders
+        ok = (os.access(os.path.join(path, "videos.npy"), os.W_OK)
+              if doc.get("format_version") == 1 else
+              all(os.access(os.path.join(path, "data", name), os.W_OK | os.X_OK)
+                  for name in doc["layout"]["arrays"]))
+        out["writable"] = ok and os.access(os.path.join(path, "annotations"), os.W_OK | os.X_OK)
     except OSError as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
