@@ -337,7 +337,13 @@ class ChunkedArray:
     :class:`trajlab.storage.RunDirError`.
     """
 
-    _CACHE = 8
+    #: Decoded shards of the small arrays kept (a few MB at most).
+    _CHUNKS = 8
+    #: Shard indices kept (16 bytes a clip: 8 KB a 512-clip shard), so that
+    #: random reads over a large dataset rarely re-read one.
+    _INDICES = 4096
+    #: Open file descriptors kept.
+    _FDS = 32
 
     def __init__(self, run_dir, layout, name):
         self.run_dir, self.layout, self.name = run_dir, layout, name
@@ -345,7 +351,8 @@ class ChunkedArray:
         self.shape, self.dtype, self._per = tuple(shape), np.dtype(dt), per
         self.ndim = len(shape)
         self._chunks = OrderedDict()       # shard -> decoded rows (small arrays)
-        self._indices = OrderedDict()      # shard -> (fd, offsets, lengths) (videos)
+        self._indices = OrderedDict()      # shard -> (offsets, lengths, name) (videos)
+        self._fds = OrderedDict()          # shard -> open fd (videos)
 
     def __len__(self):
         return self.shape[0]
@@ -372,13 +379,14 @@ class ChunkedArray:
         self.close()
 
     def close(self):
-        for fd, *_r in getattr(self, "_indices", {}).values():
+        """Close the files this view holds open (it reopens them on use)."""
+        for fd in getattr(self, "_fds", {}).values():
             try:
                 os.close(fd)
             except OSError:
                 pass
-        if hasattr(self, "_indices"):
-            self._indices.clear()
+        if hasattr(self, "_fds"):
+            self._fds.clear()
 
     # indexing ---------------------------------------------------------
     def __getitem__(self, key):
@@ -392,7 +400,12 @@ class ChunkedArray:
             i = int(key)
             if not -n <= i < n:
                 raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
-            out = self._rows(np.array([i % n]))[0]
+            s, local = divmod(i % n, self.layout.shard_size)
+            if self.name == "videos":        # the common case: one clip
+                out = np.empty(self.shape[1:], dtype=self.dtype)
+                self._clip(s, local, out.reshape(-1))
+            else:
+                out = self._chunk(s)[local].copy()
             return out[rest] if rest else out
         if isinstance(key, slice):
             idx = np.arange(*key.indices(n))
@@ -444,25 +457,35 @@ class ChunkedArray:
             except DamagedObject as exc:
                 raise self._damaged(exc) from None
             self._chunks[s] = got
-            if len(self._chunks) > self._CACHE:
+            if len(self._chunks) > self._CHUNKS:
                 self._chunks.popitem(last=False)
         else:
             self._chunks.move_to_end(s)
         return got
 
-    def _index(self, s):
+    def _fd(self, s):
         from .storage import open_nofollow
 
-        got = self._indices.get(s)
-        if got is not None:
-            self._indices.move_to_end(s)
-            return got
+        fd = self._fds.get(s)
+        if fd is not None:
+            self._fds.move_to_end(s)
+            return fd
         path = object_path(self.run_dir, self.layout, self.name, s)
-        what = _rel(self.run_dir, path)
         try:
             fd = open_nofollow(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise self._damaged(f"{what} is missing") from None
+            raise self._damaged(f"{_rel(self.run_dir, path)} is missing") from None
+        self._fds[s] = fd
+        if len(self._fds) > self._FDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _index(self, s):
+        got = self._indices.get(s)
+        if got is not None:
+            return got
+        fd = self._fd(s)
+        what = _rel(self.run_dir, object_path(self.run_dir, self.layout, self.name, s))
         try:
             size = os.fstat(fd).st_size
             if size > max_object_bytes(self.layout, self.name):
@@ -471,27 +494,25 @@ class ChunkedArray:
             tail = os.pread(fd, want, size - want) if size >= want else b""
             off, ln = parse_index(tail, self.layout, s, size, what)
         except DamagedObject as exc:
-            os.close(fd)
             raise self._damaged(exc) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        got = self._indices[s] = (fd, off, ln, what)
-        if len(self._indices) > self._CACHE:
-            old = self._indices.popitem(last=False)[1]
-            os.close(old[0])
+        got = self._indices[s] = (off.tolist(), ln.tolist(), what)
+        if len(self._indices) > self._INDICES:
+            self._indices.popitem(last=False)
         return got
 
+    def _clip(self, s, j, flat_out):
+        off, ln, what = self._index(s)
+        data = os.pread(self._fd(s), ln[j], off[j])
+        try:
+            if len(data) != ln[j]:
+                raise DamagedObject(f"{what} is truncated")
+            flat_out[:] = np.frombuffer(
+                decompress(data, self._per, f"{what}, clip {s * self.layout.shard_size + j}"),
+                dtype=np.uint8)
+        except DamagedObject as exc:
+            raise self._damaged(exc) from None
+
     def _clips(self, s, local, out, positions):
-        fd, off, ln, what = self._index(s)
-        start = s * self.layout.shard_size
         view = out.reshape(len(out), -1)
         for j, p in zip(local.tolist(), positions.tolist()):
-            data = os.pread(fd, int(ln[j]), int(off[j]))
-            try:
-                if len(data) != ln[j]:
-                    raise DamagedObject(f"{what} is truncated")
-                view[p] = np.frombuffer(decompress(data, self._per, f"{what}, clip {start + j}"),
-                                        dtype=np.uint8)
-            except DamagedObject as exc:
-                raise self._damaged(exc) from None
+            self._clip(s, j, view[p])
