@@ -330,7 +330,7 @@ def _repair_store(run_dir, layout):
     what trajlab writes (the shard objects are checked with their shards),
     and remove the temporary files of dead writers."""
     from . import zstore
-    from .storage import make_store_dirs, parse_json, read_bytes, write_bytes_atomic
+    from .storage import _diff_paths, make_store_dirs, parse_json, read_bytes, write_bytes_atomic
 
     rebuilt = []
     make_store_dirs(run_dir, layout)
@@ -342,7 +342,7 @@ def _repair_store(run_dir, layout):
             obj, reason = None, "missing"
         except Exception as exc:          # unreadable, too large, not a file
             obj, reason = None, str(exc)
-        if reason is None and obj == doc:
+        if reason is None and not _diff_paths(obj, doc):     # type-strict: true != 1
             continue
         write_bytes_atomic(path, zstore.document_bytes(doc))
         rebuilt.append(f"{rel}: rewritten ({'it was missing' if reason == 'missing' else 'it differed from what trajlab writes'})")
