@@ -56,6 +56,14 @@ def test_sequential_run_equals_in_memory_generator(reference):
         np.testing.assert_array_equal(getattr(ds, key), ann[key], err_msg=key)
     assert [ds.annotation(i) for i in (0, 17, 149)] == [ann["records"][i] for i in (0, 17, 149)]
     assert res.shards_total == 10 and res.shards_generated == 10
+    files = [os.path.join(d, f) for d, _, fs in os.walk(rd) for f in fs
+             if f.endswith((".npy", ".jsonl.zst")) or f.startswith("c.")]
+    on_disk = sum(os.path.getsize(f) for f in files)
+    line = next(x for x in res.summary().splitlines() if x.startswith("On disk:"))
+    assert f"{on_disk / 1e6:,.1f} MB" in line
+    if ds.layout.format_version == 2:
+        assert res.manifest["stored_bytes"]["total"] == on_disk
+        assert f"{res.manifest['compression_ratio']}x smaller" in line
     assert res.manifest["class_counts"] == {c: int((labels == k).sum())
                                             for k, c in enumerate(SMALL.classes)}
 

@@ -112,6 +112,13 @@ class GenerationResult:
             lines.append("Splits:       " + ", ".join(
                 f"{s}={sum(m['split_counts'][s].values()):,}" for s in SPLITS))
             lines.append("Rejections:   " + ", ".join(f"{k}={m['rejections'][k]:,}" for k in names))
+            if "stored_bytes" in m:
+                lines.append(f"On disk:      {m['stored_bytes']['total'] / 1e6:,.1f} MB "
+                             f"({m['codec']}, {m['store']}; {m['raw_bytes'] / 1e6:,.1f} MB "
+                             f"decoded, {m['compression_ratio']}x smaller)")
+            else:
+                lines.append(f"On disk:      {sum(f['bytes'] for f in m['files'].values()) / 1e6:,.1f}"
+                             " MB (raw .npy, format 1)")
         lines.append(f"Progress:     {os.path.join(self.run_dir, 'PROGRESS.txt')}")
         return "\n".join(lines)
 
