@@ -284,3 +284,27 @@ def test_every_shard_object_is_written_whole(run):
             got = zstore.read_shard(run["dir"], layout, name, shard)
             assert got.shape[0] == b - a
     assert layout.to_dict()["store"] == "zarr-v3"
+
+
+@pytest.mark.parametrize("fmt", [2, 1])
+def test_open_dataset_reads_the_same_files_whatever_the_shard_count(tmp_path, monkeypatch, fmt):
+    """O(1) open: spec.json, the manifest and the metadata, never a record
+    or a shard object (those are read on first use of their shard)."""
+    import os
+
+    spec = DatasetSpec(n_samples=N, n_frames=T, image_size=S, seed=4)
+    for shard in (N, 1):
+        generate(spec, tmp_path / f"s{shard}", n_jobs=1, shard_size=shard, progress="none",
+                 format_version=fmt)
+    real, seen = os.open, []
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (seen.append(str(path)),
+                                                            real(path, *a, **k))[1])
+    opened = {}
+    for shard in (N, 1):
+        seen.clear()
+        ds = open_dataset(tmp_path / f"s{shard}")
+        opened[shard] = sorted(os.path.relpath(p, tmp_path / f"s{shard}") for p in seen)
+        assert ds.layout.n_shards == N // shard
+    assert opened[1] == opened[N]            # 1 shard or 30: the same files
+    assert not [p for p in opened[1] if p.startswith("shards") or "/c." in p
+                or p.startswith("annotations")]
