@@ -284,6 +284,10 @@ def _local_etag(st, head):
     return h.hexdigest()[:32]
 
 
+def _local_missing(path):
+    return FileNotFoundError(errno.ENOENT, f"{path} does not exist")
+
+
 class LocalStore(Store):
     """A folder as an object store (see the module docstring).
 
@@ -336,6 +340,13 @@ class LocalStore(Store):
                                       "but is a file.")
         return os.path.join(self.root, *parts)
 
+    def _existing(self, key):
+        """Path of ``key`` whose folders exist (FileNotFoundError naming the key)."""
+        try:
+            return self._folders(key)
+        except FileNotFoundError:
+            raise _local_missing(os.path.join(self.root, key)) from None
+
     def _lstat(self, key, path):
         try:
             st = os.lstat(path)
@@ -352,9 +363,11 @@ class LocalStore(Store):
     def get(self, key, max_bytes):
         key = self._key(key, "get")
         max_bytes = self._max_bytes(max_bytes, "get")
-        path = self._folders(key)
+        path = self._existing(key)
         try:
             return _st.read_bytes(path, max_bytes)
+        except FileNotFoundError:
+            raise _local_missing(path) from None
         except _st.TooLargeError as exc:
             raise ObjectTooLargeError(path, exc.size, max_bytes) from None
 
@@ -362,9 +375,15 @@ class LocalStore(Store):
         key = self._key(key, "get_range")
         start = v.check_int(start, "start", "LocalStore.get_range", 0, 1 << 60)
         length = v.check_int(length, "length", "LocalStore.get_range", 0, 1 << 40)
-        path = self._folders(key)
-        fd = _st.open_nofollow(path, os.O_RDONLY)
+        path = self._existing(key)
         try:
+            fd = _st.open_nofollow(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise _local_missing(path) from None
+        try:
+            size = os.fstat(fd).st_size
+            if start + length > size:
+                raise TruncatedObjectError(path, start, length, max(0, min(length, size - start)))
             out = bytearray(length)
             view, got = memoryview(out), 0
             while got < length:
