@@ -692,9 +692,9 @@ class S3Store(Store):
         with self._lock:
             if self._fs is None or self._pid != os.getpid():
                 s3fs = _import_s3fs()
-                opts = dict(self.storage_options)
-                opts["skip_instance_cache"] = True      # one client per store and process
-                self._fs = s3fs.S3FileSystem(**opts)
+                # fsspec's instance cache: one client per process and options,
+                # shared by the stores (a new client costs ~1 s: botocore's models)
+                self._fs = s3fs.S3FileSystem(**self.storage_options)
                 self._pid = os.getpid()
             return self._fs
 
