@@ -57,13 +57,14 @@ def test_round_trip_and_overwrite(store):
     assert store.size("data/videos/c/0/0") == 5
 
 
-@pytest.mark.parametrize("kind", ["bytearray", "memoryview", "numpy", "empty"])
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview", "numpy", "structured", "empty"])
 def test_put_accepts_bytes_like(store, kind):
     arr = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    rec = np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "<i4"), ("b", "<f8")])
     data = {"bytearray": bytearray(b"abc" * 5), "memoryview": memoryview(b"xyz" * 7),
-            "numpy": arr, "empty": b""}[kind]
+            "numpy": arr, "structured": rec, "empty": b""}[kind]
     store.put("k", data)
-    expect = arr.tobytes() if kind == "numpy" else bytes(data)
+    expect = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     assert store.get("k", len(expect)) == expect
     assert store.size("k") == len(expect)
 
@@ -113,6 +114,13 @@ def test_absent_keys(store):
     assert store.size("absent") is None
     assert store.head("nested/absent") is None
     assert not store.exists("absent")
+    store.put("folder/obj", b"1")
+    with pytest.raises(FileNotFoundError, match="folder"):   # a prefix is no object
+        store.get("folder", 10)
+    with pytest.raises(FileNotFoundError, match="folder"):
+        store.get_range("folder", 0, 1)
+    assert store.size("folder") is None and store.head("folder") is None
+    store.delete("folder/obj")
     store.delete("absent")              # no error
     store.delete("nested/absent")
     assert store.list() == ["present"]
@@ -288,6 +296,12 @@ def test_server_time(store):
     # the test server runs on this host: its clock is this clock (S3: whole seconds)
     assert abs(now - t0) < 5 and abs(info.last_modified - t0) < 5
     assert now >= info.last_modified - 1e-3
+
+
+def test_s3_server_time_from_any_answer(s3):
+    store = open_store(s3.new_url())
+    # a HEAD of a missing key (404, or 403 without s3:ListBucket) still carries a Date
+    assert abs(store.server_time("never/written") - time.time()) < 5
 
 
 # ------------------------------------------------------------------ pickling

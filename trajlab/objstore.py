@@ -147,7 +147,12 @@ def _check_data(data, owner):
                TypeError)
     if not view.c_contiguous:
         v.fail("data", owner, "a C-contiguous bytes-like object", "a non-contiguous buffer")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:       # a format memoryview cannot cast (e.g. a structured dtype)
+        return memoryview(view.tobytes())
 
 
 def _check_etag(etag, owner):
@@ -254,12 +259,15 @@ class Store:
 
     def put_if_absent(self, key, data):
         """Create ``key`` only if there is no such object: its ETag, or None
-        if the key exists."""
+        if the key exists. (On S3, None can also follow a write of this very
+        call whose answer was lost and whose retry then met its own object:
+        compare the content where that matters, as the lease does.)"""
         raise NotImplementedError
 
     def put_if_match(self, key, data, etag):
         """Replace ``key`` only if its ETag is ``etag``: the new ETag, or
-        None if it differs or the key is absent."""
+        None if it differs or the key is absent (the same caveat as
+        :meth:`put_if_absent` on a retried request)."""
         raise NotImplementedError
 
     def delete(self, key):
@@ -368,6 +376,10 @@ class LocalStore(Store):
             return _st.read_bytes(path, max_bytes)
         except FileNotFoundError:
             raise _local_missing(path) from None
+        except _st._NotRegularError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise _local_missing(path) from None    # a folder is no object
+            raise
         except _st.TooLargeError as exc:
             raise ObjectTooLargeError(path, exc.size, max_bytes) from None
 
@@ -380,6 +392,10 @@ class LocalStore(Store):
             fd = _st.open_nofollow(path, os.O_RDONLY)
         except FileNotFoundError:
             raise _local_missing(path) from None
+        except _st._NotRegularError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise _local_missing(path) from None
+            raise
         try:
             size = os.fstat(fd).st_size
             if start + length > size:
@@ -780,10 +796,16 @@ class S3Store(Store):
 
     def server_time(self, key=None):
         key = ".trajlab-clock" if key is None else self._key(key, "server_time")
-        now = self._run(self._ahead, key)[1]
+        now = self._run(self._aclock, key)
         if now is None:     # pragma: no cover - every S3 answer has a Date header
             raise OSError(f"{self.url} answered without a Date header; its clock is unknown")
         return now
+
+    async def _aclock(self, fs, key):
+        """The Date of the answer to a HEAD of ``key``, whatever the answer
+        (a caller without s3:ListBucket gets 403 for a missing key)."""
+        resp, err = await self._call(fs, "head_object", key)
+        return _date_header(resp if err is None else err[2].response)
 
     async def _ahead(self, fs, key):
         """(ObjectInfo or None, server time of the answer)."""
