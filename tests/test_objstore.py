@@ -103,6 +103,23 @@ def test_ranged_reads(store):
         store.get_range("s/obj", -1, 4)
 
 
+def test_many_ranges(store):
+    payload = os.urandom(3000)
+    store.put("s/obj", payload)
+    ranges = [(i * 97 % 2900, 1 + i % 90) for i in range(40)]
+    assert store.get_ranges("s/obj", ranges) == [payload[a:a + n] for a, n in ranges]
+    assert store.get_ranges("s/obj", [(5, 0), (0, 3)]) == [b"", payload[:3]]
+    assert store.get_ranges("s/obj", []) == []
+    with pytest.raises(TruncatedObjectError, match="s/obj is truncated"):
+        store.get_ranges("s/obj", [(0, 10), (2995, 10)])
+    with pytest.raises(FileNotFoundError):
+        store.get_ranges("absent", [(0, 1)])
+    with pytest.raises(TypeError, match=r"The 'ranges' parameter of \w+Store.get_ranges"):
+        store.get_ranges("s/obj", [(0, 1, 2)])
+    with pytest.raises(ValueError, match=r"The 'length' parameter of \w+Store.get_ranges"):
+        store.get_ranges("s/obj", [(0, -1)])
+
+
 def test_absent_keys(store):
     store.put("present", b"1")
     with pytest.raises(FileNotFoundError, match="absent"):

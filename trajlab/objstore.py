@@ -155,6 +155,27 @@ def _check_data(data, owner):
         return memoryview(view.tobytes())
 
 
+#: Most ranges in one get_ranges call.
+MAX_RANGES = 1 << 20
+
+
+def _check_ranges(ranges, owner):
+    expected = (f"a sequence of at most {MAX_RANGES} (start, length) pairs of ints >= 0")
+    try:
+        pairs = list(ranges)
+    except TypeError:
+        v.fail("ranges", owner, expected, ranges, TypeError)
+    if len(pairs) > MAX_RANGES:
+        v.fail("ranges", owner, expected, f"{len(pairs)} pairs")
+    out = []
+    for p in pairs:
+        if isinstance(p, (str, bytes)) or not hasattr(p, "__len__") or len(p) != 2:
+            v.fail("ranges", owner, expected, p, TypeError)
+        out.append((v.check_int(p[0], "start", owner, 0, 1 << 60),
+                    v.check_int(p[1], "length", owner, 0, 1 << 40)))
+    return out
+
+
 def _check_etag(etag, owner):
     if not isinstance(etag, str) or not etag or len(etag) > 1024:
         v.fail("etag", owner, "a non-empty str (an ETag returned by this store)", etag,
@@ -233,6 +254,14 @@ class Store:
         """Exactly ``length`` bytes of ``key`` from offset ``start``.
         FileNotFoundError if absent, :class:`TruncatedObjectError` if shorter."""
         raise NotImplementedError
+
+    def get_ranges(self, key, ranges):
+        """``[get_range(key, start, length) for start, length in ranges]``,
+        with the requests in flight together on S3 (the local store reads
+        them in turn)."""
+        owner = f"{type(self).__name__}.get_ranges"
+        key = self._key(key, "get_ranges")
+        return [self.get_range(key, s, n) for s, n in _check_ranges(ranges, owner)]
 
     def size(self, key):
         """Bytes of ``key``, or None if there is no such object."""
@@ -786,6 +815,18 @@ class S3Store(Store):
         if len(data) != length:
             raise TruncatedObjectError(self.key_url(key), start, length, len(data))
         return data
+
+    def get_ranges(self, key, ranges):
+        key = self._key(key, "get_ranges")
+        pairs = _check_ranges(ranges, "S3Store.get_ranges")
+        if any(n == 0 for _, n in pairs):
+            return super().get_ranges(key, pairs)
+        return self._run(self._aranges, key, pairs)
+
+    async def _aranges(self, fs, key, pairs):
+        import asyncio
+
+        return list(await asyncio.gather(*[self._arange(fs, key, s, n) for s, n in pairs]))
 
     def size(self, key):
         info = self._run(self._ahead, self._key(key, "size"))[0]
