@@ -161,7 +161,7 @@ def test_list_and_delete(store):
     assert store.get("shards/00001.json", 100) == b"shards/00001.json"
 
 
-def test_list_skips_names_that_are_not_keys(store, s3, tmp_path):
+def test_list_skips_names_that_are_not_keys(store, request):
     store.put("ok/a", b"1")
     if isinstance(store, LocalStore):
         with open(os.path.join(store.root, "ok", "with space"), "wb") as fh:
@@ -170,7 +170,7 @@ def test_list_skips_names_that_are_not_keys(store, s3, tmp_path):
         with open(os.path.join(store.root, "ok", ".b.trajlab-tmp.host.123.0123abcd"), "wb"):
             pass
     else:
-        c = s3.client()
+        c = request.getfixturevalue("s3").client()
         c.put_object(Bucket=store.bucket, Key=store.prefix + "/ok/with space", Body=b"x")
         c.put_object(Bucket=store.bucket, Key=store.prefix + "/ok//double", Body=b"x")
         c.put_object(Bucket=store.bucket, Key=store.prefix + "/ok/dir/", Body=b"")
