@@ -92,12 +92,14 @@ def _stop(proc):
         proc.stderr.close()
 
 
-@pytest.fixture(scope="session")
-def s3():
-    """The session's moto S3 server (:class:`S3Server`), environment set."""
-    for mod in ("moto.server", "s3fs", "botocore"):
-        pytest.importorskip(mod, reason=f"the S3 tests need {mod} (pip install -e '.[dev]')")
-    endpoint, proc = _start()
+#: The one server of this test session, shared by every module that imports
+#: the fixture (pytest registers an imported fixture once per module, so each
+#: module's session fixture would otherwise start its own server).
+_SHARED = {"server": None, "users": 0, "undo": None}
+
+
+def _environment(endpoint):
+    mp = pytest.MonkeyPatch()
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -110,16 +112,37 @@ def s3():
         "AWS_EC2_METADATA_DISABLED": "true",
         "NO_PROXY": ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"])),
     }
-    mp = pytest.MonkeyPatch()
     for k, val in env.items():
         mp.setenv(k, val)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
               "AWS_ENDPOINT_URL_S3"):
         mp.delenv(k, raising=False)
-    server = S3Server(endpoint, proc)
+    return mp
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """The session's moto S3 server (:class:`S3Server`), environment set."""
+    for mod in ("moto.server", "s3fs", "botocore"):
+        pytest.importorskip(mod, reason=f"the S3 tests need {mod} (pip install -e '.[dev]')")
+    if _SHARED["server"] is None:
+        endpoint, proc = _start()
+        mp = _environment(endpoint)
+        server = S3Server(endpoint, proc)
+        try:
+            server.client().create_bucket(Bucket=BUCKET)
+        except BaseException:
+            mp.undo()
+            _stop(proc)
+            raise
+        _SHARED.update(server=server, undo=mp)
+    _SHARED["users"] += 1
     try:
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
+        yield _SHARED["server"]
     finally:
-        mp.undo()
-        _stop(proc)
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            server, mp = _SHARED["server"], _SHARED["undo"]
+            _SHARED.update(server=None, undo=None)
+            mp.undo()
+            _stop(server.proc)

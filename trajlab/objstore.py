@@ -669,6 +669,32 @@ def _import_s3fs():
     return s3fs
 
 
+_FS_CACHE = {}
+_FS_LOCK = threading.Lock()
+
+
+def _fs_cache_key(options):
+    """One s3fs client per process, options and AWS_* environment (a new
+    client costs about a second: botocore loads its models)."""
+    from fsspec.utils import tokenize
+
+    env = tuple(sorted((k, val) for k, val in os.environ.items() if k.startswith("AWS_")))
+    return (os.getpid(), tokenize(options), env)
+
+
+def _shared_filesystem(key, options):
+    with _FS_LOCK:
+        fs = _FS_CACHE.get(key)
+        if fs is None:
+            if any(k[0] != os.getpid() for k in _FS_CACHE):     # forked: the parent's
+                _FS_CACHE.clear()                                # clients are not ours
+            while len(_FS_CACHE) >= 16:                         # the oldest first
+                _FS_CACHE.pop(next(iter(_FS_CACHE)))
+            fs = _import_s3fs().S3FileSystem(**{**options, "skip_instance_cache": True})
+            _FS_CACHE[key] = fs
+        return fs
+
+
 def _is_precondition(status, code):
     return status == 412 or code == "PreconditionFailed"
 
@@ -716,7 +742,7 @@ class S3Store(Store):
         _import_s3fs()
         self.bucket, self.prefix = bucket, prefix
         self.storage_options = dict(storage_options)
-        self._fs, self._pid = None, None
+        self._fs, self._fs_key = None, None
         self._lock = threading.Lock()
 
     @property
@@ -735,12 +761,10 @@ class S3Store(Store):
 
     def _filesystem(self):
         with self._lock:
-            if self._fs is None or self._pid != os.getpid():
-                s3fs = _import_s3fs()
-                # fsspec's instance cache: one client per process and options,
-                # shared by the stores (a new client costs ~1 s: botocore's models)
-                self._fs = s3fs.S3FileSystem(**self.storage_options)
-                self._pid = os.getpid()
+            key = _fs_cache_key(self.storage_options)
+            if self._fs is None or self._fs_key != key:
+                self._fs = _shared_filesystem(key, self.storage_options)
+                self._fs_key = key
             return self._fs
 
     def _run(self, coro, *args):
