@@ -95,7 +95,7 @@ def test_classifier_and_probes_are_deterministic_and_leave_the_rng_alone(tiny):
     assert c.losses != a.losses
     p1 = C.run_probes(train, test, cnn_steps=4, mlp_steps=20, progress=False)
     p2 = C.run_probes(train, test, cnn_steps=4, mlp_steps=20, progress=False)
-    assert list(p1) == ["frame 0", "brightness", "colour"]
+    assert list(p1) == ["frame 0", "brightness", "colour", "speed"]
     for k in p1:
         assert p1[k].losses == p2[k].losses and p1[k].accuracy == p2[k].accuracy
 
@@ -118,6 +118,12 @@ def test_probe_features():
     np.testing.assert_allclose(stats[:3], [5 / 48, 1 / 48, 1 / 48])     # means per channel
     np.testing.assert_allclose(stats[9:], [1.0, 1.0, 1.0])              # maxima
     assert C.video_input(v).shape == (1, 9, 4, 4)
+    # a 2x2 block moving 3 px right, then 4 px down (and a frame with no dot: no motion)
+    m = np.zeros((2, 3, 3, 12, 12), dtype=np.uint8)
+    m[0, 0, :, 2:4, 2:4] = m[0, 1, :, 2:4, 5:7] = m[0, 2, :, 6:8, 5:7] = 200
+    m[1, 0, :, 2:4, 2:4] = m[1, 2, :, 2:4, 3:5] = 200
+    np.testing.assert_allclose(C.speed_statistics(m).numpy(),
+                               [[3.5, 0.5, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-6)
     assert C.video_input(v, frames=[0]).shape == (1, 3, 4, 4)
 
 
