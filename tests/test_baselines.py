@@ -253,6 +253,9 @@ def test_keypoint_model_is_deterministic_and_draws_the_dot_at_its_keypoints(tiny
                                          r"names among \['k'\]"):
         F.targets({"errors": {"position MLP": np.zeros((2, 3))}}, {"k": ea},
                   max_mlp_px=1.0, min_within_2px=0.8, frame_targets=["U-Net"])
+    with pytest.raises(ValueError, match=r"The 'batch_size' parameter of train_keypoint_model "
+                                         r"must be"):
+        F.train_keypoint_model(train, 3, batch_size=0)
     t = F.targets({"errors": {"position MLP": np.zeros((2, 3))}}, {"k": ea, "other": ea},
                   max_mlp_px=1.0, min_within_2px=0.0, frame_targets=["k"])
     assert [r["target"] for r in t.rows] == ["position MLP mean error", "k: dot within 2 px"]

@@ -10,7 +10,11 @@ Positions (the stored sub-pixel ``pixels``, ``(u, v)`` per frame):
 Frames: :func:`train_frame_model`, a small convolutional encoder-decoder
 from the stacked context frames to the future frames, trained with a
 foreground-weighted MSE (a plain MSE is minimised by a blank prediction, see
-:mod:`trajlab.baselines.tokenize`). Predicted frames are scored with
+:mod:`trajlab.baselines.tokenize`); it blurs and misplaces the dot.
+:func:`train_keypoint_model`, a learned keypoint bottleneck
+(:class:`KeypointForecaster`: heatmap CNN and soft-argmax per context
+frame, dynamics MLP, differentiable disc renderer), trained end to end on
+the same weighted frame loss plus the keypoints' pixel error. Predicted frames are scored with
 :mod:`trajlab.metrics` beside the trivial forecast, a copy of the last
 context frame.
 
@@ -36,8 +40,8 @@ from ._common import Split, batches, require_videos, seeded, train_loop
 __all__ = ["cut", "extrapolate", "position_errors", "PositionMLP", "train_position_model",
            "predict_positions", "FrameUNet", "train_frame_model", "predict_frames",
            "KeypointForecaster", "KeypointModel", "train_keypoint_model", "render_discs",
-           "evaluate_frames", "measure_dots", "render_forecast", "position_forecasts", "position_report", "frame_report", "targets",
-           "METHODS"]
+           "evaluate_frames", "measure_dots", "render_forecast", "position_forecasts",
+           "position_report", "frame_report", "targets", "METHODS"]
 
 METHODS = ("hold-last", "constant velocity", "constant acceleration")
 
@@ -700,6 +704,10 @@ def train_keypoint_model(train, n_context, *, n_future=None, n_steps=1000, batch
     T = train.n_frames
     n_context = v.check_int(n_context, "n_context", own, 1, T - 1)
     n_steps = v.check_int(n_steps, "n_steps", own, 1)
+    batch_size = v.check_int(batch_size, "batch_size", own, 1)
+    width = v.check_int(width, "width", own, 1)
+    hidden = v.check_int(hidden, "hidden", own, 1)
+    fg_weight = v.check_float(fg_weight, "fg_weight", own, 0.0)
     position_weight = v.check_float(position_weight, "position_weight", own, 0.0)
     dynamics_steps = v.check_int(dynamics_steps, "dynamics_steps", own, 0)
     dynamics_batch = v.check_int(dynamics_batch, "dynamics_batch", own, 0)
