@@ -95,7 +95,7 @@ def test_classifier_and_probes_are_deterministic_and_leave_the_rng_alone(tiny):
     assert c.losses != a.losses
     p1 = C.run_probes(train, test, cnn_steps=4, mlp_steps=20, progress=False)
     p2 = C.run_probes(train, test, cnn_steps=4, mlp_steps=20, progress=False)
-    assert list(p1) == ["frame 0", "brightness", "colour"]
+    assert list(p1) == ["frame 0", "brightness", "colour", "speed"]
     for k in p1:
         assert p1[k].losses == p2[k].losses and p1[k].accuracy == p2[k].accuracy
 
@@ -118,6 +118,12 @@ def test_probe_features():
     np.testing.assert_allclose(stats[:3], [5 / 48, 1 / 48, 1 / 48])     # means per channel
     np.testing.assert_allclose(stats[9:], [1.0, 1.0, 1.0])              # maxima
     assert C.video_input(v).shape == (1, 9, 4, 4)
+    # a 2x2 block moving 3 px right, then 4 px down (and a frame with no dot: no motion)
+    m = np.zeros((2, 3, 3, 12, 12), dtype=np.uint8)
+    m[0, 0, :, 2:4, 2:4] = m[0, 1, :, 2:4, 5:7] = m[0, 2, :, 6:8, 5:7] = 200
+    m[1, 0, :, 2:4, 2:4] = m[1, 2, :, 2:4, 3:5] = 200
+    np.testing.assert_allclose(C.speed_statistics(m).numpy(),
+                               [[3.5, 0.5, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-6)
     assert C.video_input(v, frames=[0]).shape == (1, 3, 4, 4)
 
 
@@ -204,6 +210,58 @@ def test_frame_model_is_deterministic_and_scored_against_the_last_frame(tiny):
     np.testing.assert_allclose(errs, true, atol=0.15)
 
 
+
+def test_render_discs_is_the_renderer_in_float():
+    from trajlab.render import render
+
+    videos, _, ann = make_trajectories(6, n_frames=4, image_size=16, seed=4,
+                                       return_annotations=True)
+    colors = torch.tensor([[1.0, 0.5, 0.25]] * 6)
+    bg = torch.tensor([[0.0, 0.2, 0.4]] * 6)
+    ours = F.render_discs(torch.as_tensor(ann["pixels"]), torch.as_tensor(ann["radius"]),
+                          colors.double(), bg.double(), 16)
+    ref = render(ann["pixels"], ann["radius"], np.array([[255, 128, 64]] * 6, np.uint8),
+                 (0, 51, 102), 16)
+    # the same coverage; the reference rounds to uint8 (and 128/255, 64/255 are not 0.5, 0.25)
+    np.testing.assert_allclose(ours.numpy() * 255, ref, atol=1.0)
+
+
+def test_keypoint_model_is_deterministic_and_draws_the_dot_at_its_keypoints(tiny):
+    _, train, test = tiny
+    before = _state()
+    kw = dict(n_steps=60, batch_size=8, width=4, hidden=32, lr=5e-3, dynamics_steps=300,
+              dynamics_batch=16, progress=False)
+    a = F.train_keypoint_model(train, 3, **kw)
+    b = F.train_keypoint_model(train, 3, **kw)
+    assert torch.equal(_state(), before)
+    assert a.losses == b.losses and a.dynamics_losses == b.dynamics_losses
+    assert len(a.dynamics_losses) == 300 and a.steps == 60
+    # it learns: the paths loss of the dynamics, then the end-to-end loss
+    assert np.mean(a.dynamics_losses[-5:]) < np.mean(a.dynamics_losses[:5]) / 2
+    assert np.mean(a.losses[-10:]) < np.mean(a.losses[:10])
+    ea, eb = F.evaluate_frames(a, test), F.evaluate_frames(b, test)
+    assert torch.equal(ea["pred"], eb["pred"]) and ea["pred"].shape == (len(test), 3, 3, 16, 16)
+    # the predicted frames show a disc of the last measured radius at the future keypoints
+    ctx, rad, col, bg, _ = F._keypoint_batch(test.videos, 3, 3)
+    with torch.no_grad():
+        _, future, _ = a.net(ctx, rad, col, bg)
+    future = future.double().numpy()
+    inside = ((future > 3) & (future < 13)).all(-1)
+    err = np.sqrt(((ea["dot"]["centroids"] - future) ** 2).sum(-1))
+    assert inside.any() and err[inside].max() < 0.3
+    with pytest.raises(ValueError, match=r"The 'frame_targets' parameter of targets must be "
+                                         r"names among \['k'\]"):
+        F.targets({"errors": {"position MLP": np.zeros((2, 3))}}, {"k": ea},
+                  max_mlp_px=1.0, min_within_2px=0.8, frame_targets=["U-Net"])
+    with pytest.raises(ValueError, match=r"The 'batch_size' parameter of train_keypoint_model "
+                                         r"must be"):
+        F.train_keypoint_model(train, 3, batch_size=0)
+    t = F.targets({"errors": {"position MLP": np.zeros((2, 3))}}, {"k": ea, "other": ea},
+                  max_mlp_px=1.0, min_within_2px=0.0, frame_targets=["k"])
+    assert [r["target"] for r in t.rows] == ["position MLP mean error", "k: dot within 2 px"]
+    assert t.all_passed
+
+
 # -------------------------------------------------------------- targets
 def test_target_table():
     t = TargetTable("demo")
@@ -252,6 +310,35 @@ def test_tokenizer_is_deterministic_and_evaluated(tok_data, loss):
     r2 = K.classify_codes(a.model, tr_codes, train.labels, ea["codes"], test.labels,
                           n_classes=4, n_steps=3, progress=False)
     assert r1.losses == r2.losses and r1.n_test == len(test)
+    # the default probe trains on the codes of the train clips and of their mirror images
+    m = K.code_classification(a, train, test, n_steps=2, progress=False,
+                              test_codes=ea["codes"])
+    assert m.n_train == 2 * len(train) and m.n_test == len(test)
+    old = K.code_classification(a, train, test, n_steps=2, progress=False, mirror=False,
+                                probe="3d")
+    assert old.n_train == len(train)
+    with pytest.raises(ValueError, match=r"The 'probe' parameter of classify_codes must be one "
+                                         r"of \{'stacked', '3d'\}. Got 'mlp'"):
+        K.classify_codes(a.model, tr_codes, train.labels, ea["codes"], test.labels,
+                         n_classes=4, probe="mlp")
+
+
+def test_stacked_code_probe_finds_a_class_written_where_a_code_appears():
+    from trajlab.baselines import tokenize as K
+
+    model = K.make_tokenizer(16, codebook_size=16, init_dim=8,
+                             layers=(("compress_space", 8), ("compress_time", 8)))
+    g = np.random.default_rng(0)
+    codes = np.where(g.random((400, 3, 8, 8)) < 0.05, g.integers(0, 16, (400, 3, 8, 8)), 0)
+    labels = np.arange(400) % 4
+    # the class is where (row 2k of the middle time step) one rare code shows
+    codes[np.arange(400), 1, 2 * labels, 3] = 9
+    r = K.classify_codes(model, codes[:300], labels[:300], codes[300:], labels[300:],
+                         n_classes=4, n_steps=150, progress=False)
+    assert r.accuracy == 1.0
+    shuffled = K.classify_codes(model, codes[:300], g.permutation(labels[:300]), codes[300:],
+                                labels[300:], n_classes=4, n_steps=150, progress=False)
+    assert shuffled.accuracy < 0.5            # nothing to learn from shuffled labels
 
 
 def test_foreground_weights_mark_the_dot_and_its_rim():

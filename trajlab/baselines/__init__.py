@@ -8,7 +8,8 @@ generator is forked and restored, see :func:`seeded`), with progress through
 :mod:`trajlab.metrics`.
 
 * :mod:`trajlab.baselines.classify` — stacked-frame CNN and shortcut probes;
-* :mod:`trajlab.baselines.forecast` — extrapolation, position MLP, frame U-Net;
+* :mod:`trajlab.baselines.forecast` — extrapolation, position MLP, frame U-Net,
+  keypoint frame forecaster;
 * :mod:`trajlab.baselines.tokenize` — magvit2-pytorch ``VideoTokenizer``
   (LFQ), foreground-weighted loss, classification from frozen codes
   (needs ``magvit2-pytorch``).

@@ -9,7 +9,8 @@
   foreground brightness series: the dot's size follows 1/depth^2, so this
   series carries depth over time without the path's shape) and
   :func:`probe_colour` (an MLP on per-channel colour statistics of the
-  clip).
+  clip) and :func:`probe_speed` (an MLP on statistics of the dot's
+  measured on-screen speed).
 
 Every function is deterministic for its ``seed`` (torch's global generator
 is forked, see :func:`~trajlab.baselines._common.seeded`) and shows its
@@ -28,8 +29,9 @@ from .. import _validation as v
 from ._common import batches, confusion_matrix, require_videos, seeded, train_loop
 
 __all__ = ["ClassifyResult", "StackedFrameCNN", "MLP", "fit_classifier", "train_classifier",
-           "probe_frame0", "probe_brightness", "probe_colour", "run_probes", "video_input",
-           "brightness_series", "colour_statistics", "accuracies", "report", "targets"]
+           "probe_frame0", "probe_brightness", "probe_colour", "probe_speed", "run_probes",
+           "video_input", "brightness_series", "colour_statistics", "speed_statistics",
+           "accuracies", "report", "targets"]
 
 
 @dataclass
@@ -167,6 +169,24 @@ def colour_statistics(videos):
     whole clip, shape (B, 12), float32."""
     x = _float_videos(videos).permute(0, 2, 1, 3, 4).flatten(2)
     return torch.cat([x.mean(-1), x.std(-1), x.amin(-1), x.amax(-1)], dim=1)
+
+
+def speed_statistics(videos):
+    """Mean, standard deviation, minimum and maximum of the dot's speed
+    (px per frame), shape (B, 4), float32.
+
+    Speeds are the distances between the dot centres measured in
+    consecutive frames (:func:`trajlab.metrics.dot_centroids` against the
+    clip's background): how fast the dot moves on screen, without where or
+    along which path. A frame without a visible dot (none in trajlab data)
+    counts as no motion.
+    """
+    from .. import metrics as M
+
+    c = M.dot_centroids(videos, M.background(videos))               # (B, T, 2)
+    speed = np.nan_to_num(np.sqrt((np.diff(c, axis=1) ** 2).sum(-1)))
+    stats = np.stack([speed.mean(1), speed.std(1), speed.min(1), speed.max(1)], axis=1)
+    return torch.as_tensor(stats, dtype=torch.float32)
 
 
 def _in_chunks(fn, arr, size=256):
@@ -310,14 +330,23 @@ def probe_colour(train, test, *, n_steps=2000, batch_size=128, lr=3e-3, seed=0, 
                           batch_size, lr, seed, progress)
 
 
+def probe_speed(train, test, *, n_steps=2000, batch_size=128, lr=3e-3, seed=0, progress=True):
+    """Shortcut probe: an MLP on :func:`speed_statistics` (no path shape, no position)."""
+    _check_splits(train, test, "probe_speed")
+    return _feature_probe("probe: speed statistics", speed_statistics, train, test, n_steps,
+                          batch_size, lr, seed, progress)
+
+
 def run_probes(train, test, *, cnn_steps=300, mlp_steps=2000, seed=0, progress=True):
-    """The three shortcut probes, as a dict name -> :class:`ClassifyResult`."""
+    """The shortcut probes (frame 0, brightness, colour, speed), as a dict
+    name -> :class:`ClassifyResult`."""
     return {"frame 0": probe_frame0(train, test, n_steps=cnn_steps, seed=seed,
                                     progress=progress),
             "brightness": probe_brightness(train, test, n_steps=mlp_steps, seed=seed,
                                            progress=progress),
             "colour": probe_colour(train, test, n_steps=mlp_steps, seed=seed,
-                                   progress=progress)}
+                                   progress=progress),
+            "speed": probe_speed(train, test, n_steps=mlp_steps, seed=seed, progress=progress)}
 
 
 def accuracies(model, probes):
