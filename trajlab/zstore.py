@@ -336,13 +336,16 @@ class ChunkedArray:
     :class:`trajlab.storage.RunDirError`.
     """
 
-    #: Decoded shards of the small arrays kept (a few MB at most).
-    _CHUNKS = 8
+    #: Bytes of decoded shards of the small arrays kept (labels of a
+    #: 512-clip shard are 4 KB: random reads over a large dataset would
+    #: otherwise decode a shard's labels for every clip).
+    _CHUNK_BYTES = 64 * 2**20
     #: Shard indices kept (16 bytes a clip: 8 KB a 512-clip shard), so that
     #: random reads over a large dataset rarely re-read one.
     _INDICES = 4096
-    #: Open file descriptors kept.
-    _FDS = 32
+    #: Open file descriptors kept (each process, each array: a DataLoader
+    #: with 8 workers holds at most 8 x 128).
+    _FDS = 128
 
     def __init__(self, run_dir, layout, name):
         self.run_dir, self.layout, self.name = run_dir, layout, name
@@ -350,6 +353,7 @@ class ChunkedArray:
         self.shape, self.dtype, self._per = tuple(shape), np.dtype(dt), per
         self.ndim = len(shape)
         self._chunks = OrderedDict()       # shard -> decoded rows (small arrays)
+        self._chunk_bytes = 0
         self._indices = OrderedDict()      # shard -> (offsets, lengths, name) (videos)
         self._fds = OrderedDict()          # shard -> open fd (videos)
 
@@ -456,8 +460,9 @@ class ChunkedArray:
             except DamagedObject as exc:
                 raise self._damaged(exc) from None
             self._chunks[s] = got
-            if len(self._chunks) > self._CHUNKS:
-                self._chunks.popitem(last=False)
+            self._chunk_bytes += got.nbytes
+            while self._chunk_bytes > self._CHUNK_BYTES and len(self._chunks) > 1:
+                self._chunk_bytes -= self._chunks.popitem(last=False)[1].nbytes
         else:
             self._chunks.move_to_end(s)
         return got
