@@ -1,5 +1,8 @@
 """End-to-end generation benchmark: trajlab.generate vs the disk floor.
 
+Storage format 1 (raw .npy), whose bytes are those np.save writes; the
+formats side by side, to the disk: bench_formats.py.
+
 For each configuration, in one run on this machine:
 
 * ``floor``: seconds numpy needs to write the same bytes (every array of the
@@ -70,7 +73,8 @@ def run_generate(n, frames, size, n_jobs, workdir):
     code = (
         "import trajlab;"
         f"trajlab.generate(trajlab.DatasetSpec(n_samples={n}, n_frames={frames}, "
-        f"image_size={size}, seed=1), {rd!r}, n_jobs={n_jobs}, progress='none')"
+        f"image_size={size}, seed=1), {rd!r}, n_jobs={n_jobs}, progress='none', "
+        "format_version=1)"
     )
     peak = [0, 0]
     t0 = time.perf_counter()
