@@ -524,9 +524,10 @@ class RunLayout:
         return os.path.join(run_dir, ANNOTATIONS_DIR, f"{shard:05d}{ext}")
 
 
-def make_dirs(run_dir):
-    """Create the shard folders (a link or a file in their place is refused)."""
-    for d in (SHARDS_DIR, ANNOTATIONS_DIR):
+def make_dirs(run_dir, folders=(SHARDS_DIR, ANNOTATIONS_DIR)):
+    """Create trajlab's ``folders`` in ``run_dir`` (default: the shard
+    folders); a link or a file in their place is refused."""
+    for d in folders:
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
             raise _symlink_error(path)
@@ -539,18 +540,8 @@ def make_dirs(run_dir):
 
 
 def make_store_dirs(run_dir, layout):
-    """Format 2: create ``data/`` and one folder per array (a link or a
-    file in their place is refused)."""
-    for d in [zstore.STORE_DIR] + [f for f, *_r in layout.arrays().values()]:
-        path = os.path.join(run_dir, d)
-        if os.path.islink(path):
-            raise _symlink_error(path)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            if not os.path.isdir(path):
-                raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file."
-                                  ) from None
+    """Format 2: create ``data/`` and one folder per array."""
+    make_dirs(run_dir, [zstore.STORE_DIR] + [f for f, *_r in layout.arrays().values()])
 
 
 _BUFFERS = threading.local()
