@@ -264,20 +264,25 @@ def test_s3_conditions_are_real_412(s3):
     assert store.get("lease", 10) == b"two"
 
 
-def test_put_if_absent_race_has_one_winner(store):
-    n = 8
+def _race(write, n=8):
+    """Run ``write(i)`` for i < n in n threads released at once; the results."""
     barrier = threading.Barrier(n)
     results = [None] * n
 
     def contend(i):
         barrier.wait()
-        results[i] = store.put_if_absent("race", f"writer {i}".encode())
+        results[i] = write(i)
 
     threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_put_if_absent_race_has_one_winner(store):
+    results = _race(lambda i: store.put_if_absent("race", f"writer {i}".encode()))
     winners = [i for i, r in enumerate(results) if r is not None]
     assert len(winners) == 1
     assert store.get("race", 100) == f"writer {winners[0]}".encode()
@@ -286,19 +291,7 @@ def test_put_if_absent_race_has_one_winner(store):
 
 def test_put_if_match_race_has_one_winner(store):
     etag = store.put("race", b"start")
-    n = 8
-    barrier = threading.Barrier(n)
-    results = [None] * n
-
-    def contend(i):
-        barrier.wait()
-        results[i] = store.put_if_match("race", f"writer {i}".encode(), etag)
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _race(lambda i: store.put_if_match("race", f"writer {i}".encode(), etag))
     winners = [i for i, r in enumerate(results) if r is not None]
     assert len(winners) == 1
     assert store.get("race", 100) == f"writer {winners[0]}".encode()

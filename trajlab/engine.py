@@ -662,11 +662,11 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
                 lost.add(s)
                 repaired.append(f"shard {s}: damaged completion record dropped; regenerated")
         for s in sorted(done):           # format 2: a missing or resized object
-            problem = stored_size_problem(run_dir, layout, s, read_record(run_dir, layout, s))
-            if problem:
+            found = stored_size_problem(run_dir, layout, s, read_record(run_dir, layout, s))
+            if found:
                 lost.add(s)
                 done.discard(s)
-                repaired.append(f"shard {s}: {problem}; regenerated")
+                repaired.append(f"shard {s}: {found[1]}; regenerated")
         # labels and splits are read for the manifest anyway: cheap to check always
         for s, reason in _label_split_mismatches(run_dir, layout, sorted(done)):
             lost.add(s)

@@ -1242,22 +1242,23 @@ def read_annotations_bytes(run_dir, layout, shard):
                           "`trajlab generate` on the run dir.") from None
 
 
-def stored_size_problem(run_dir, layout, shard, rec):
-    """Format 2: None if every object of ``shard`` exists with the size its
-    record gives (one ``lstat`` each: the cheap check a resume makes, like
-    format 1's file sizes), else the reason for the first that does not."""
+def stored_size_problem(run_dir, layout, shard, rec, names=None):
+    """Format 2: None if every object of ``shard`` (of ``names``: arrays
+    and ``'annotations'``; default all) exists with the size its record
+    gives (one ``lstat`` each: the cheap check a resume makes, like format
+    1's file sizes), else ``(name, reason)`` for the first that does not."""
     if layout.format_version == 1:
         return None
     paths = {name: zstore.object_path(run_dir, layout, name, shard) for name in layout.arrays()}
     paths["annotations"] = layout.annotations_path(run_dir, shard)
-    for name, path in paths.items():
+    for name in (paths if names is None else names):
+        rel = os.path.relpath(paths[name], run_dir)
         try:
-            size = os.lstat(path).st_size
+            size = os.lstat(paths[name]).st_size
         except FileNotFoundError:
-            return f"{os.path.relpath(path, run_dir)} is missing"
+            return name, f"{rel} is missing"
         if size != rec["stored_bytes"][name]:
-            return (f"{os.path.relpath(path, run_dir)} has {size} bytes, its record says "
-                    f"{rec['stored_bytes'][name]}")
+            return name, f"{rel} has {size} bytes, its record says {rec['stored_bytes'][name]}"
     return None
 
 
@@ -1275,14 +1276,11 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
             return name, f"{exc} (samples {start}..{stop - 1})"
         if sha256_bytes(raw[name]) != rec["sha256"][name]:
             return name, f"checksum mismatch in {fname} (samples {start}..{stop - 1})"
-        if layout.format_version == 2:
-            # decodes right, yet not the object the worker wrote (bytes added
-            # between clips, say): no reader may see other bytes than trajlab
-            size = zstore.object_size(run_dir, layout, name, shard)
-            if size != rec["stored_bytes"][name]:
-                rel = os.path.relpath(zstore.object_path(run_dir, layout, name, shard), run_dir)
-                return name, (f"{rel} has {size} bytes, its record says "
-                              f"{rec['stored_bytes'][name]} (samples {start}..{stop - 1})")
+        # format 2: decodes right, yet not the object the worker wrote (bytes
+        # added between clips, say): no reader may see other bytes than trajlab
+        found = stored_size_problem(run_dir, layout, shard, rec, [name])
+        if found:
+            return name, f"{found[1]} (samples {start}..{stop - 1})"
     if "labels" in raw and "attempts" in raw:
         arrays = layout.arrays()
         problem = record_data_problem(rec, layout,
@@ -1295,12 +1293,9 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
         if sha256_bytes(raw) != rec["sha256"]["annotations"]:
             return "annotations", "annotations file changed (checksum mismatch)"
         parse_annotations(raw, layout, shard, run_dir)
-        if layout.format_version == 2:
-            path = layout.annotations_path(run_dir, shard)
-            size = os.lstat(path).st_size
-            if size != rec["stored_bytes"]["annotations"]:
-                return "annotations", (f"{os.path.relpath(path, run_dir)} has {size} bytes, "
-                                       f"its record says {rec['stored_bytes']['annotations']}")
+        found = stored_size_problem(run_dir, layout, shard, rec, ["annotations"])
+        if found:
+            return found
     except RunDirError as exc:
         return "annotations", f"annotations file missing or damaged ({exc})"
     return None

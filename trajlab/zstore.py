@@ -257,12 +257,11 @@ def parse_index(tail, layout, shard, size, what):
     idx = np.frombuffer(body, dtype="<u8").reshape(S, 2)
     if n < S and not (idx[n:] == ABSENT).all():
         raise DamagedObject(f"{what} lists clips past the end of the dataset")
-    off, ln = idx[:n, 0].astype(np.int64, copy=False), idx[:n, 1]
+    off, ln = idx[:n, 0], idx[:n, 1]
     per = layout.arrays()["videos"][4]
     data_end = size - want
     if (idx[:n] == ABSENT).any() or (ln < 9).any() or (ln > compress_bound(per)).any():
         raise DamagedObject(f"{what} has a shard index with a missing or impossible entry")
-    off = idx[:n, 0]
     if (off > data_end).any() or ((off + ln) > data_end).any():
         raise DamagedObject(f"{what} has a shard index pointing outside the object")
     order = np.argsort(off, kind="stable")
@@ -316,14 +315,6 @@ def read_shard(run_dir, layout, name, shard):
     raw = _read_object(run_dir, layout, name, shard)
     return decode_object(raw, layout, name, shard,
                          _rel(run_dir, object_path(run_dir, layout, name, shard)))
-
-
-def object_size(run_dir, layout, name, shard):
-    """Bytes of the stored object, or None if it is missing."""
-    try:
-        return os.lstat(object_path(run_dir, layout, name, shard)).st_size
-    except FileNotFoundError:
-        return None
 
 
 class ChunkedArray:

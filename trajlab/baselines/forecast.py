@@ -625,16 +625,11 @@ class KeypointForecaster(nn.Module):
 
 
 @dataclass
-class KeypointModel:
-    """A trained :class:`KeypointForecaster` and its training record."""
+class KeypointModel(FrameModel):
+    """A trained :class:`KeypointForecaster` and its training record (the
+    fields of :class:`FrameModel`, and the losses of the dynamics MLP's
+    pre-fit)."""
 
-    net: nn.Module
-    n_context: int
-    n_future: int
-    losses: list
-    seconds: float
-    steps: int
-    stopped_early: bool
     dynamics_losses: list = None
 
     def summary(self):
