@@ -27,7 +27,7 @@ from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
                       open_array, parse_annotations, probe_problem, read_annotations_bytes,
-                      read_manifest, read_record, sha256_bytes)
+                      is_remote, read_manifest, read_record, sha256_bytes)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
@@ -67,7 +67,9 @@ class TrajectoryData:
     def __init__(self, run_dir, verify="lazy"):
         run_dir = v.check_path(run_dir, "run_dir", "open_dataset")
         v.check_choice(verify, "verify", "open_dataset", VERIFY_MODES)
-        if not os.path.isdir(run_dir):
+        if is_remote(run_dir):
+            run_dir = run_dir.rstrip("/")
+        elif not os.path.isdir(run_dir):
             raise RunDirError(f"No dataset at {run_dir!r}: the directory does not exist.")
         self.doc, self.layout = load_layout(run_dir)
         check_managed_entries(run_dir, self.layout)
@@ -294,7 +296,9 @@ def verify_run(run_dir):
     run_dir = v.check_path(run_dir, "run_dir", "verify_run")
     bad = []
     rep = {"ok": False, "n_shards": 0, "bad": bad, "complete": False, "layout": None}
-    if not os.path.isdir(run_dir):
+    if is_remote(run_dir):
+        run_dir = run_dir.rstrip("/")
+    elif not os.path.isdir(run_dir):
         bad.append((None, "run_dir", f"No dataset at {run_dir!r}: the directory does not exist."))
         return rep
     try:

@@ -299,12 +299,68 @@ def overwrite_in_place(path, data):
         os.close(fd)
 
 
+def is_remote(path):
+    """True for a run-dir path on an object store (``s3://bucket/...``)."""
+    return isinstance(path, str) and path.startswith("s3://")
+
+
+def _remote(path):
+    """``(store, key)`` of an ``s3://bucket/key`` path (the store is the
+    bucket; trajlab.objstore checks the key)."""
+    from .objstore import open_store
+
+    bucket, _, key = path[len("s3://"):].partition("/")
+    return open_store("s3://" + bucket, name="run_dir", owner="trajlab"), key
+
+
+def path_lexists(path):
+    """``os.path.lexists`` for local paths, an existing object for s3:// ones."""
+    if is_remote(path):
+        store, key = _remote(path)
+        return store.exists(key)
+    return os.path.lexists(path)
+
+
+def file_size(path):
+    """Bytes of the file or object ``path`` (a link is not followed), or
+    None if there is none."""
+    if is_remote(path):
+        store, key = _remote(path)
+        return store.size(key)
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def read_range(path, start, length):
+    """``length`` bytes of ``path`` from ``start`` (fewer if it ends first;
+    an object store: a ranged GET)."""
+    if is_remote(path):
+        store, key = _remote(path)
+        try:
+            return store.get_range(key, start, length)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            return b""           # shorter than the index says: the caller reports it
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+
+
 def read_bytes(path, max_bytes):
     """Bytes of the regular file ``path`` (no symlink), at most ``max_bytes``.
 
     Raises FileNotFoundError, RunDirError (link, not a regular file, too
-    large) or OSError.
+    large) or OSError. An ``s3://`` path is read from its object store (an
+    object larger than ``max_bytes`` is not read).
     """
+    if is_remote(path):
+        store, key = _remote(path)
+        return store.get(key, max_bytes)
     fd = open_nofollow(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -748,7 +804,7 @@ def load_layout(run_dir):
     """
     run_dir = os.fspath(run_dir)
     path = os.path.join(run_dir, SPEC_FILE)
-    if not os.path.lexists(path):
+    if not path_lexists(path):
         raise RunDirError(f"{run_dir!r} is not a trajlab run directory (no {SPEC_FILE}).")
     doc = read_json_file(path, run_dir, SPEC_FILE)
     if doc.get("format") != "trajlab-run" or type(doc.get("format_version")) is not int \
@@ -892,7 +948,10 @@ def read_record(run_dir, layout, shard):
 
 def check_managed_entries(run_dir, layout=None):
     """Refuse a run dir where trajlab's own files or folders are symbolic
-    links (or its folders are not folders). Raises RunDirError."""
+    links (or its folders are not folders). Raises RunDirError. (An object
+    store has no links: nothing to check.)"""
+    if is_remote(run_dir):
+        return
     names = [SPEC_FILE, MANIFEST_FILE, LOCK_FILE, *PROGRESS_FILES]
     folders = [(SHARDS_DIR, _RECORD_RE), (ANNOTATIONS_DIR, _ANNOTATION_RE)]
     if layout is not None and layout.format_version == 2:
@@ -1173,7 +1232,7 @@ def read_manifest(run_dir, layout):
     """``(manifest, problem)``: the manifest if present and readable (None
     if missing), and None or the reason it fails the O(1) checks."""
     path = os.path.join(run_dir, MANIFEST_FILE)
-    if not os.path.lexists(path):
+    if not path_lexists(path):
         return None, None
     try:
         m = read_json_file(path, run_dir, MANIFEST_FILE)
@@ -1253,9 +1312,8 @@ def stored_size_problem(run_dir, layout, shard, rec, names=None):
     paths["annotations"] = layout.annotations_path(run_dir, shard)
     for name in (paths if names is None else names):
         rel = os.path.relpath(paths[name], run_dir)
-        try:
-            size = os.lstat(paths[name]).st_size
-        except FileNotFoundError:
+        size = file_size(paths[name])
+        if size is None:
             return name, f"{rel} is missing"
         if size != rec["stored_bytes"][name]:
             return name, f"{rel} has {size} bytes, its record says {rec['stored_bytes'][name]}"

@@ -277,7 +277,10 @@ class _RunDirDataset(_ViewDataset):
             v.fail("root", owner, "a path (str or os.PathLike)", root, TypeError)
         v.check_choice(split, "split", owner, SPLITS + (None,))
         v.check_choice(verify, "verify", owner, VERIFY_MODES)
-        self.root = os.path.abspath(os.fspath(root))
+        from .storage import is_remote
+
+        root = os.fspath(root)
+        self.root = root.rstrip("/") if is_remote(root) else os.path.abspath(root)
         self.split, self.verify = split, verify
         data = _open(self.root, verify)
         self._init_classes(data.spec)

@@ -460,8 +460,10 @@ class ChunkedArray:
         return got
 
     def _fd(self, s):
-        from .storage import open_nofollow
+        from .storage import is_remote, open_nofollow
 
+        if is_remote(self.run_dir):       # ranged GETs: no file to hold open
+            return None
         fd = self._fds.get(s)
         if fd is not None:
             self._fds.move_to_end(s)
@@ -480,14 +482,20 @@ class ChunkedArray:
         got = self._indices.get(s)
         if got is not None:
             return got
+        from .storage import file_size, read_range
+
         fd = self._fd(s)
-        what = _rel(self.run_dir, object_path(self.run_dir, self.layout, self.name, s))
+        path = object_path(self.run_dir, self.layout, self.name, s)
+        what = _rel(self.run_dir, path)
         try:
-            size = os.fstat(fd).st_size
+            size = os.fstat(fd).st_size if fd is not None else file_size(path)
+            if size is None:
+                raise DamagedObject(f"{what} is missing")
             if size > max_object_bytes(self.layout, self.name):
                 raise DamagedObject(f"{what} is larger ({size} bytes) than trajlab writes")
             want = self.layout.shard_size * _INDEX_ENTRY + _CRC
-            tail = os.pread(fd, want, size - want) if size >= want else b""
+            tail = b"" if size < want else (os.pread(fd, want, size - want) if fd is not None
+                                             else read_range(path, size - want, want))
             off, ln = parse_index(tail, self.layout, s, size, what)
         except DamagedObject as exc:
             raise self._damaged(exc) from None
@@ -497,8 +505,12 @@ class ChunkedArray:
         return got
 
     def _clip(self, s, j, flat_out):
+        from .storage import read_range
+
         off, ln, what = self._index(s)
-        data = os.pread(self._fd(s), ln[j], off[j])
+        fd = self._fd(s)
+        data = os.pread(fd, ln[j], off[j]) if fd is not None else read_range(
+            object_path(self.run_dir, self.layout, self.name, s), off[j], ln[j])
         try:
             if len(data) != ln[j]:
                 raise DamagedObject(f"{what} is truncated")
