@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -64,9 +65,15 @@ def _start():
     for _ in range(3):          # the free port may be taken before moto binds it
         port = _free_port()
         endpoint = f"http://127.0.0.1:{port}"
+        # The server logs every request on stderr. It goes to a file, not to
+        # a pipe: nobody reads a pipe while the tests run, and once its 64 KB
+        # buffer is full (about 600 requests) the server blocks on the write
+        # and every later request hangs.
+        log = tempfile.TemporaryFile()
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                  "-p", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                stderr=log, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc.log = log
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -74,8 +81,11 @@ def _start():
             if _answers(endpoint):
                 return endpoint, proc
             time.sleep(0.1)
-        last = proc.stderr.read().decode(errors="replace")[-2000:] if proc.poll() is not None \
-            else "no answer"
+        if proc.poll() is not None:
+            log.seek(0)
+            last = log.read().decode(errors="replace")[-2000:]
+        else:
+            last = "no answer"
         _stop(proc)
     raise RuntimeError(f"moto_server did not start on 127.0.0.1: {last}")
 
@@ -88,8 +98,7 @@ def _stop(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    if proc.stderr is not None:
-        proc.stderr.close()
+    proc.log.close()
 
 
 #: The one server of this test session, shared by every module that imports

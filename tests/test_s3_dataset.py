@@ -111,3 +111,14 @@ def test_an_incomplete_dataset_in_the_bucket_is_refused(bucket_run):
         open_dataset(bucket_run)
     with pytest.raises(RunDirError, match="not a trajlab run directory"):
         open_dataset(bucket_run + "-nothing-here")
+
+
+def test_export_reads_a_bucket_as_a_local_run_dir(bucket_run, local, tmp_path):
+    from trajlab.export import export
+
+    a = export(bucket_run, tmp_path / "bucket.npz", split="train")
+    b = export(local["dir"], tmp_path / "local.npz", split="train")
+    with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
+        assert sorted(za.files) == sorted(zb.files) and "videos" in za.files
+        for k in zb.files:
+            np.testing.assert_array_equal(za[k], zb[k])

@@ -141,7 +141,9 @@ def _cmd_generate(args):
     _interrupt_on(signal.SIGTERM, signal.SIGHUP)
 
     spec_given = args.spec is not None or bool(_given(args, PARAMS))
-    if not spec_given and os.path.lexists(os.path.join(args.run_dir, "spec.json")):
+    from .storage import path_lexists
+
+    if not spec_given and path_lexists(os.path.join(args.run_dir, "spec.json")):
         from .storage import load_layout
 
         spec = load_layout(args.run_dir)[1].spec          # plain resume

@@ -247,9 +247,10 @@ def _probe_run_dir(path):
 
     out = {"host": socket.gethostname(), "pid": os.getpid(),
            "trajlab": trajlab.__version__, "data_version": DATA_VERSION}
+    from trajlab.storage import is_remote, read_bytes
+
     try:
-        with open(os.path.join(path, "spec.json"), "rb") as fh:
-            raw = fh.read()
+        raw = read_bytes(os.path.join(path, "spec.json"), 2**24)
         out["spec_sha256"] = hashlib.sha256(raw).hexdigest()
         from trajlab.generator import probe_digest
         from trajlab.spec import DatasetSpec
@@ -258,6 +259,9 @@ def _probe_run_dir(path):
         out["probe_sha256"] = probe_digest(DatasetSpec.from_dict(doc["spec"]))
         # format 1: written in place into videos.npy; format 2: new objects
         # in the array folders
+        if is_remote(path):     # an object store: write access shows in the first PUT
+            out["writable"] = True
+            return out
         ok = (os.access(os.path.join(path, "videos.npy"), os.W_OK)
               if doc.get("format_version") == 1 else
               all(os.access(os.path.join(path, "data", name), os.W_OK | os.X_OK)
@@ -287,9 +291,12 @@ def check_shared_storage(client, run_dir, *, timeout=None):
     from trajlab.spec import DATA_VERSION
     from trajlab.storage import RunDirError
 
-    run_dir = os.path.abspath(os.fspath(run_dir))
-    with open(os.path.join(run_dir, "spec.json"), "rb") as fh:
-        raw = fh.read()
+    from trajlab.storage import is_remote, read_bytes
+
+    run_dir = os.fspath(run_dir)
+    if not is_remote(run_dir):
+        run_dir = os.path.abspath(run_dir)
+    raw = read_bytes(os.path.join(run_dir, "spec.json"), 2**24)
     expected = hashlib.sha256(raw).hexdigest()
     probe = json.loads(raw).get("probe_sha256")
     deadline = time.monotonic() + connect_timeout(timeout)

@@ -27,7 +27,7 @@ from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
                       open_array, parse_annotations, probe_problem, read_annotations_bytes,
-                      is_remote, read_manifest, read_record, sha256_bytes)
+                      is_remote, listed_sizes, read_manifest, read_record, sha256_bytes)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
@@ -294,13 +294,19 @@ def verify_run(run_dir):
         (manifest present), ``layout`` (None if spec.json is unusable).
     """
     run_dir = v.check_path(run_dir, "run_dir", "verify_run")
-    bad = []
-    rep = {"ok": False, "n_shards": 0, "bad": bad, "complete": False, "layout": None}
+    rep = {"ok": False, "n_shards": 0, "bad": [], "complete": False, "layout": None}
     if is_remote(run_dir):
         run_dir = run_dir.rstrip("/")
     elif not os.path.isdir(run_dir):
-        bad.append((None, "run_dir", f"No dataset at {run_dir!r}: the directory does not exist."))
+        rep["bad"].append((None, "run_dir",
+                           f"No dataset at {run_dir!r}: the directory does not exist."))
         return rep
+    with listed_sizes(run_dir):     # s3: one listing, not a HEAD per object
+        return _verify(run_dir, rep)
+
+
+def _verify(run_dir, rep):
+    bad = rep["bad"]
     try:
         doc, layout = load_layout(run_dir)
         check_managed_entries(run_dir, layout)

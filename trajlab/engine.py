@@ -26,11 +26,14 @@ from . import _validation as v
 from .generator import SPLITS
 from .progress import HEARTBEAT_RANGE, MODES, TEXT_INTERVAL_RANGE, Progress
 from .spec import DatasetSpec, Param, check_table
+from .lease import LEASE_KEY
 from .storage import (ANNOTATIONS_DIR, LOCK_FILE, MANIFEST_FILE, SHARDS_DIR, SPEC_FILE,
                       RunDirError, RunLayout, RunLock, open_for_writing, pwrite_all,
                       available_memory, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest,
-                      is_trajlab_lock, load_layout, make_dirs, read_manifest, read_record,
+                      is_remote, is_trajlab_lock, listed_sizes, load_layout, make_dirs,
+                      path_lexists,
+                      read_manifest, read_record, remote_run_dir, remove_file,
                       remove_stale_temps, stored_size_problem, temp_owner, utcnow,
                       write_json_atomic, write_shard)
 
@@ -248,16 +251,26 @@ def _check_args(spec, run_dir, params):
     own = "generate"
     if not isinstance(spec, DatasetSpec):
         v.fail("spec", own, "a trajlab.DatasetSpec", spec, TypeError)
-    run_dir = os.path.abspath(v.check_path(run_dir, "run_dir", own))
+    run_dir = v.check_path(run_dir, "run_dir", own)
+    checked = check_generate_args(params, own)
+    if is_remote(run_dir):
+        run_dir = remote_run_dir(run_dir, "run_dir", own)
+        if checked["format_version"] == 1:
+            v.fail("format_version", own, "None or 2 for an s3:// run_dir (format 1 is raw "
+                   ".npy memory maps, local only)", 1)
+        return run_dir, checked
+    run_dir = os.path.abspath(run_dir)
     parent = os.path.dirname(run_dir)
     if not os.path.isdir(parent):
         v.fail("run_dir", own, "a path whose parent directory exists", run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         v.fail("run_dir", own, "a directory path (not an existing file)", run_dir)
-    return run_dir, check_generate_args(params, own)
+    return run_dir, checked
 
 
 def _check_writable(run_dir):
+    if is_remote(run_dir):      # permissions show in the first PUT (the spec's)
+        return
     target = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
     if not os.access(target, os.W_OK | os.X_OK):
         v.fail("run_dir", "generate", "a path in a writable directory", run_dir, PermissionError)
@@ -414,19 +427,20 @@ def _is_complete(run_dir, layout):
     if any(check_array_file(run_dir, layout, name) is not None for name in layout.arrays()):
         return False
     if layout.format_version == 2:
-        for s in range(layout.n_shards):
-            rec = read_record(run_dir, layout, s)
-            if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
-                return False
-    if not all(os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
+        with listed_sizes(run_dir):
+            for s in range(layout.n_shards):
+                rec = read_record(run_dir, layout, s)
+                if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
+                    return False
+    if not is_remote(run_dir) and not all(
+            os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
         return False
     return _manifest_ok(run_dir, layout)
 
 
 def _drop_records(run_dir, layout, shards):
     for s in shards:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(layout.shard_record_path(run_dir, s))
+        remove_file(layout.shard_record_path(run_dir, s))
 
 
 def _finalize(run_dir, layout, doc, fsync=False):
@@ -448,7 +462,7 @@ def _prepare(spec, run_dir, shard_size, format_version=None):
     Only a folder with trajlab's spec.json is a run dir; a new one must be
     empty but for what a start killed before spec.json existed leaves.
     """
-    if os.path.lexists(os.path.join(run_dir, SPEC_FILE)):
+    if path_lexists(os.path.join(run_dir, SPEC_FILE)):
         doc, layout = load_layout(run_dir)
         check_managed_entries(run_dir, layout)
         if layout.spec != spec:
@@ -467,7 +481,16 @@ def _prepare(spec, run_dir, shard_size, format_version=None):
                 f"{layout.format_version}; got format_version={format_version}. Omit it to "
                 "resume (`trajlab export` converts a dataset to other files).")
         return doc, layout, False
-    if os.path.isdir(run_dir):
+    if is_remote(run_dir):
+        from .storage import _remote_store
+
+        foreign = sorted(k for k in _remote_store(run_dir).list() if k != LEASE_KEY)
+        if foreign:
+            raise ValueError(
+                f"The 'run_dir' parameter of generate must be a new or empty prefix or a "
+                f"trajlab run directory. Got {run_dir!r} instead, which holds "
+                f"{foreign[:5]} and no {SPEC_FILE}.")
+    elif os.path.isdir(run_dir):
         foreign = sorted(n for n in os.listdir(run_dir) if not _is_own_leftover(run_dir, n))
         if foreign:
             raise ValueError(
@@ -511,9 +534,25 @@ def _watch_parent(parent_pid, child=False):
 _WATCHED = None
 
 
-def _shard_task(run_dir, layout, shard, fsync, parent_pid):
+def _shard_task(run_dir, layout, shard, fsync, parent_pid, env=None):
     _watch_parent(parent_pid)
+    if env is not None:         # an s3:// run dir: this call's AWS_* settings of the parent
+        for k in [k for k in os.environ if k.startswith("AWS_") and k not in env]:
+            del os.environ[k]
+        os.environ.update(env)
     return write_shard(run_dir, layout, shard, fsync)
+
+
+def _object_store_env(run_dir, backend):
+    """For an s3:// run dir written by workers of this machine (loky,
+    multiprocessing, threads): the parent's ``AWS_*`` variables, given to
+    each task. loky keeps its workers between calls, so a worker started
+    before the credentials or the endpoint were set would not see them.
+    None for dask (its workers take their own environment on their host)
+    and for local run dirs."""
+    if not is_remote(run_dir) or backend == "dask":
+        return None
+    return {k: val for k, val in os.environ.items() if k.startswith("AWS_")}
 
 
 @contextlib.contextmanager
@@ -627,7 +666,7 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
                                 layout.n_shards, time.perf_counter() - t0, None, True,
                                 read_manifest(run_dir, layout)[0])
     _check_writable(run_dir)
-    if new:
+    if new and not is_remote(run_dir):
         _check_disk_space(run_dir, layout)
     _check_memory(layout, n_jobs, backend, scheduler)
     if new:
@@ -638,7 +677,8 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
         from .cluster import check_scheduler
 
         check_scheduler(scheduler)   # fail fast, before run_dir is created or changed
-    os.makedirs(run_dir, exist_ok=True)
+    if not is_remote(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir):
         # again under the lock: another writer may have created the run dir
         # between the first look and the lock
@@ -651,42 +691,42 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
             write_json_atomic(os.path.join(run_dir, SPEC_FILE), doc, fsync=fsync)
             layout.preallocate(run_dir)
         manifest_path = os.path.join(run_dir, MANIFEST_FILE)
-        lost, repaired = _repair_files(run_dir, layout)
-        done = set()
-        for s in range(layout.n_shards):
-            if s in lost:
-                continue
-            if read_record(run_dir, layout, s) is not None:
-                done.add(s)
-            elif os.path.lexists(layout.shard_record_path(run_dir, s)):
-                lost.add(s)
-                repaired.append(f"shard {s}: damaged completion record dropped; regenerated")
-        for s in sorted(done):           # format 2: a missing or resized object
-            found = stored_size_problem(run_dir, layout, s, read_record(run_dir, layout, s))
-            if found:
-                lost.add(s)
-                done.discard(s)
-                repaired.append(f"shard {s}: {found[1]}; regenerated")
-        # labels and splits are read for the manifest anyway: cheap to check always
-        for s, reason in _label_split_mismatches(run_dir, layout, sorted(done)):
-            lost.add(s)
-            done.discard(s)
-            repaired.append(f"shard {s}: {reason}; regenerated")
-        if verify and done:
-            for s, what, reason in find_bad_shards(run_dir, layout, sorted(done)):
+        with listed_sizes(run_dir):      # s3: one listing, not a HEAD per object
+            lost, repaired = _repair_files(run_dir, layout)
+            done = set()
+            for s in range(layout.n_shards):
+                if s in lost:
+                    continue
+                if read_record(run_dir, layout, s) is not None:
+                    done.add(s)
+                elif path_lexists(layout.shard_record_path(run_dir, s)):
+                    lost.add(s)
+                    repaired.append(f"shard {s}: damaged completion record dropped; regenerated")
+            for s in sorted(done):           # format 2: a missing or resized object
+                found = stored_size_problem(run_dir, layout, s, read_record(run_dir, layout, s))
+                if found:
+                    lost.add(s)
+                    done.discard(s)
+                    repaired.append(f"shard {s}: {found[1]}; regenerated")
+            # labels and splits are read for the manifest anyway: cheap to check always
+            for s, reason in _label_split_mismatches(run_dir, layout, sorted(done)):
                 lost.add(s)
                 done.discard(s)
                 repaired.append(f"shard {s}: {reason}; regenerated")
-        if lost:
-            _drop_records(run_dir, layout, lost)
+            if verify and done:
+                for s, what, reason in find_bad_shards(run_dir, layout, sorted(done)):
+                    lost.add(s)
+                    done.discard(s)
+                    repaired.append(f"shard {s}: {reason}; regenerated")
+            if lost:
+                _drop_records(run_dir, layout, lost)
         missing = [s for s in range(layout.n_shards) if s not in done]
-        had_manifest = os.path.lexists(manifest_path) or not missing
+        had_manifest = path_lexists(manifest_path) or not missing
         if not missing and had_manifest and _manifest_ok(run_dir, layout):
             return GenerationResult(run_dir, spec.fingerprint, spec.n_samples, layout.n_shards,
                                     0, layout.n_shards, time.perf_counter() - t0, None,
                                     not repaired, read_manifest(run_dir, layout)[0], repaired)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(manifest_path)
+        remove_file(manifest_path)
         n_done = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in done)
         prog = Progress(run_dir, spec.n_samples, n_done, mode=progress, heartbeat=heartbeat,
                         text_interval=text_interval,
@@ -859,6 +899,8 @@ def repair(run_dir):
     from .dataset import verify_run
 
     run_dir = v.check_path(run_dir, "run_dir", "repair")
+    if is_remote(run_dir):
+        run_dir = remote_run_dir(run_dir, "run_dir", "repair")
     _, layout = load_layout(run_dir)
     check_managed_entries(run_dir, layout)
     with RunLock(run_dir):
@@ -870,7 +912,7 @@ def repair(run_dir):
         good = [s for s in range(layout.n_shards) if s not in lost]
         lost.update(s for s, *_r in find_bad_shards(run_dir, layout, good))
         for s in sorted(lost):
-            if os.path.lexists(layout.shard_record_path(run_dir, s)):
+            if path_lexists(layout.shard_record_path(run_dir, s)):
                 rebuilt.append(f"shard {s}: record dropped (bytes or record damaged)")
         _drop_records(run_dir, layout, lost)
         manifest_path = os.path.join(run_dir, MANIFEST_FILE)
@@ -878,8 +920,8 @@ def repair(run_dir):
             if not _manifest_ok(run_dir, layout):
                 _finalize(run_dir, layout, None)
                 rebuilt.append("manifest.json: rebuilt")
-        elif os.path.lexists(manifest_path):
-            os.remove(manifest_path)
+        elif path_lexists(manifest_path):
+            remove_file(manifest_path)
             rebuilt.append(f"manifest.json: removed ({len(lost)} shard(s) to regenerate)")
     return {"bad": bad, "rebuilt": rebuilt, "dropped": sorted(lost), "complete": not lost}
 
@@ -893,7 +935,8 @@ def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog
         # bounds both memory and the work redone after a kill
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
                             pre_dispatch="2*n_jobs")
-        tasks = (delayed(_shard_task)(run_dir, layout, s, fsync, parent) for s in shards)
+        env = _object_store_env(run_dir, backend)
+        tasks = (delayed(_shard_task)(run_dir, layout, s, fsync, parent, env) for s in shards)
         for rec in parallel(tasks):
             write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec, fsync=fsync)
             prog.update(rec["stop"] - rec["start"])

@@ -286,6 +286,11 @@ class Store:
         new object, never a part). Returns the new ETag."""
         raise NotImplementedError
 
+    def put_many(self, items):
+        """``put`` every ``(key, data)`` of ``items``; their ETags in order
+        (S3: the requests are in flight together)."""
+        return [self.put(k, d) for k, d in items]
+
     def put_if_absent(self, key, data):
         """Create ``key`` only if there is no such object: its ETag, or None
         if the key exists. (On S3, None can also follow a write of this very
@@ -312,6 +317,11 @@ class Store:
         Names that are not valid keys (and the local store's temporary
         files) are not objects of the store and are left out."""
         raise NotImplementedError
+
+    def list_sizes(self, prefix=""):
+        """``{key: bytes}`` of the objects :meth:`list` gives (S3: from the
+        listing itself, one request per 1,000 keys instead of a HEAD each)."""
+        return {k: s for k in self.list(prefix) if (s := self.size(k)) is not None}
 
 
 # --------------------------------------------------------------------- local
@@ -887,12 +897,17 @@ class S3Store(Store):
 
     def list(self, prefix=""):
         prefix = _check_prefix(prefix, "S3Store.list")
+        return sorted(self._run(self._alist, prefix))
+
+    def list_sizes(self, prefix=""):
+        prefix = _check_prefix(prefix, "S3Store.list_sizes")
         return self._run(self._alist, prefix)
 
     async def _alist(self, fs, prefix):
+        """``{key: size}`` under ``prefix``."""
         base = "/".join(p for p in (self.prefix, prefix) if p)
         base = base + "/" if base else ""
-        out, token = [], None
+        out, token = {}, None
         while True:
             kw = {"Bucket": self.bucket, "Prefix": base}
             if token:
@@ -904,13 +919,13 @@ class S3Store(Store):
                     check_key(rel)
                 except ValueError:
                     continue
-                out.append(rel)
+                out[rel] = int(obj["Size"])
             if not resp.get("IsTruncated"):
                 break
             token = resp.get("NextContinuationToken")
             if not token:       # pragma: no cover - a server that pages without a token
                 break
-        return sorted(out)
+        return out
 
     # -- writing
     def put(self, key, data, fsync=False):
@@ -918,6 +933,16 @@ class S3Store(Store):
         body = bytes(_check_data(data, "S3Store.put"))
         v.check_bool(fsync, "fsync", "S3Store.put")      # a finished PUT is durable
         return self._run(self._aput, key, body, {})
+
+    def put_many(self, items):
+        checked = [(self._key(k, "put_many"), bytes(_check_data(d, "S3Store.put_many")))
+                   for k, d in items]
+        return self._run(self._aput_many, checked)
+
+    async def _aput_many(self, fs, items):
+        import asyncio
+
+        return list(await asyncio.gather(*[self._aput(fs, k, d, {}) for k, d in items]))
 
     def put_if_absent(self, key, data):
         key = self._key(key, "put_if_absent")

@@ -28,8 +28,8 @@ import threading
 import time
 
 from . import _validation as v
-from .storage import (RunDirError, overwrite_in_place, pid_alive, read_json_file, utcnow,
-                      write_bytes_atomic)
+from .storage import (RunDirError, is_remote, overwrite_in_place, path_lexists, pid_alive,
+                      read_json_file, utcnow, write_bytes_atomic)
 
 __all__ = ["Progress", "read_status", "format_status", "MODES", "STALE_HEARTBEATS",
            "check_intervals"]
@@ -80,6 +80,10 @@ def resolve_mode(mode):
         else:
             mode = "text"
     return mode
+
+
+def _shown(run_dir):
+    return run_dir if is_remote(run_dir) else os.path.abspath(run_dir)
 
 
 def _fmt_seconds(s):
@@ -210,7 +214,7 @@ class Progress:
         text = (
             f"trajlab dataset generation progress\n"
             f"====================================\n"
-            f"Run dir:     {os.path.abspath(self.run_dir)}\n"
+            f"Run dir:     {_shown(self.run_dir)}\n"
             f"Fingerprint: {snap.get('fingerprint', '-')}\n"
             f"State:       {snap['state']}\n"
             f"Completed:   {snap['done']:,} / {snap['total']:,} ({snap['percent']:.1f}%)\n"
@@ -318,7 +322,8 @@ def read_status(run_dir, stale_after=None):
         ``'interrupted'`` — ``reason`` and ``age_seconds``.
     """
     path = os.path.join(run_dir, PROGRESS_JSON)
-    complete = os.path.isfile(os.path.join(run_dir, "manifest.json"))
+    complete = path_lexists(os.path.join(run_dir, "manifest.json")) if is_remote(run_dir) \
+        else os.path.isfile(os.path.join(run_dir, "manifest.json"))
     try:
         snap = read_json_file(path, run_dir, PROGRESS_JSON)
         age = time.time() - _number(snap.get("updated_unix"), 0.0)

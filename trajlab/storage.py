@@ -192,6 +192,8 @@ def remove_stale_temps(directory, target=None):
     Returns the removed names.
     """
     removed = []
+    if is_remote(directory):        # every object is one PUT: nothing temporary
+        return removed
     try:
         entries = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -260,9 +262,54 @@ def atomic_writer(path, fsync=False):
 
 
 def write_bytes_atomic(path, data, fsync=False):
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`).
+    An ``s3://`` path is one PUT (atomic and durable once it returns), made
+    only while this process's lease on the run dir, if it holds one, is
+    fresh (:func:`check_lease`)."""
+    if is_remote(path):
+        check_lease(path)
+        store, key = _remote(path)
+        store.put(key, data)
+        if (listed := _listed(path)) is not None:
+            _SIZES.sizes[listed] = len(data)
+        return
     with atomic_writer(path, fsync=fsync) as fh:
         fh.write(data)
+
+
+def write_objects(items, fsync=False):
+    """:func:`write_bytes_atomic` of every ``(path, data)`` of ``items`` (a
+    worker's objects of one shard). Remote paths of one bucket go out as
+    concurrent PUTs: a shard's 13 objects then cost about one round trip,
+    not 13."""
+    remote = [(p, d) for p, d in items if is_remote(p)]
+    for p, d in items:
+        if not is_remote(p):
+            write_bytes_atomic(p, d, fsync=fsync)
+    if remote:
+        for p, _d in remote:
+            check_lease(p)
+        store = _remote(remote[0][0])[0]
+        if all(_remote(p)[0] == store for p, _d in remote):
+            store.put_many([(_remote(p)[1], d) for p, d in remote])
+        else:   # pragma: no cover - trajlab's objects of a shard share one bucket
+            for p, d in remote:
+                write_bytes_atomic(p, d)
+
+
+def remove_file(path):
+    """Delete the file or object ``path`` (a link itself, never its
+    target); a missing one is not an error. Remote: under the lease, as
+    :func:`write_bytes_atomic`."""
+    if is_remote(path):
+        check_lease(path)
+        store, key = _remote(path)
+        store.delete(key)
+        if (listed := _listed(path)) is not None:
+            _SIZES.sizes.pop(listed, None)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def write_json_atomic(path, obj, indent=2, fsync=False):
@@ -304,6 +351,34 @@ def is_remote(path):
     return isinstance(path, str) and path.startswith("s3://")
 
 
+def remote_run_dir(url, name="run_dir", owner="trajlab"):
+    """``url`` checked as an ``s3://bucket/prefix`` run dir, without a
+    trailing slash (the prefix must not be empty: a run dir never takes a
+    whole bucket)."""
+    from .objstore import S3Store
+
+    store = S3Store(url, name=name, owner=owner)
+    if not store.prefix:
+        v.fail(name, owner, "an 's3://bucket/prefix' URL with a prefix (a run dir is a "
+               "folder of a bucket, never the whole bucket)", url)
+    return store.url
+
+
+#: Leases this process holds on remote run dirs: {run dir URL: Lease}.
+_LEASES = {}
+
+
+def check_lease(path):
+    """Before a write to the remote ``path``: if this process holds the
+    lease of a run dir that contains it, raise
+    :class:`trajlab.lease.LeaseLost` unless the lease is fresh. (Workers
+    hold no lease: they write only their shards' objects, whose bytes any
+    writer of the spec writes identically.)"""
+    for url, lease in list(_LEASES.items()):
+        if path.startswith(url + "/"):
+            lease.check()
+
+
 def _remote(path):
     """``(store, key)`` of an ``s3://bucket/key`` path (the store is the
     bucket; trajlab.objstore checks the key)."""
@@ -313,18 +388,49 @@ def _remote(path):
     return open_store("s3://" + bucket, name="run_dir", owner="trajlab"), key
 
 
+def _listed(path):
+    """The key of ``path`` in the active :func:`listed_sizes` snapshot, or None."""
+    root = getattr(_SIZES, "run_dir", None)
+    if root is not None and path.startswith(root + "/"):
+        return path[len(root) + 1:]
+    return None
+
+
 def path_lexists(path):
     """``os.path.lexists`` for local paths, an existing object for s3:// ones."""
     if is_remote(path):
+        if (key := _listed(path)) is not None:
+            return key in _SIZES.sizes
         store, key = _remote(path)
         return store.exists(key)
     return os.path.lexists(path)
+
+
+_SIZES = threading.local()
+
+
+@contextlib.contextmanager
+def listed_sizes(run_dir):
+    """Within the block, :func:`file_size` of a remote ``run_dir``'s
+    objects answers from one listing of the run dir (a request per 1,000
+    objects) instead of a HEAD per object. For the parent's checks under
+    the lease only, while no worker writes (a local run dir: no effect)."""
+    if not is_remote(run_dir):
+        yield
+        return
+    _SIZES.run_dir, _SIZES.sizes = run_dir, _remote_store(run_dir).list_sizes()
+    try:
+        yield
+    finally:
+        _SIZES.run_dir = _SIZES.sizes = None
 
 
 def file_size(path):
     """Bytes of the file or object ``path`` (a link is not followed), or
     None if there is none."""
     if is_remote(path):
+        if (key := _listed(path)) is not None:
+            return _SIZES.sizes.get(key)
         store, key = _remote(path)
         return store.size(key)
     try:
@@ -582,7 +688,10 @@ class RunLayout:
 
 def make_dirs(run_dir, folders=(SHARDS_DIR, ANNOTATIONS_DIR)):
     """Create trajlab's ``folders`` in ``run_dir`` (default: the shard
-    folders); a link or a file in their place is refused."""
+    folders); a link or a file in their place is refused. An object store
+    has no folders: nothing to do."""
+    if is_remote(run_dir):
+        return
     for d in folders:
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
@@ -628,15 +737,14 @@ def write_shard(run_dir, layout, shard, fsync=False):
     out = _render_buffer(layout, stop - start) if layout.format_version == 2 else None
     block = generate_block(layout.spec, start, stop, videos_out=out)
     t_gen = time.perf_counter() - t0
-    checksums, stored = {}, {}
+    checksums, stored, objects = {}, {}, []
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
         data = np.ascontiguousarray(getattr(block, name))
         buf = data.data
         checksums[name] = sha256_bytes(buf)
         if layout.format_version == 2:
             obj = zstore.encode(layout, name, data)
-            write_bytes_atomic(zstore.object_path(run_dir, layout, name, shard), obj,
-                               fsync=fsync)
+            objects.append((zstore.object_path(run_dir, layout, name, shard), obj))
             stored[name] = len(obj)
             continue
         fd = open_for_writing(os.path.join(run_dir, fname))
@@ -652,7 +760,8 @@ def write_shard(run_dir, layout, shard, fsync=False):
     if layout.format_version == 2:
         text = zstore.compress(text)
         stored["annotations"] = len(text)
-    write_bytes_atomic(layout.annotations_path(run_dir, shard), text, fsync=fsync)
+    objects.append((layout.annotations_path(run_dir, shard), text))
+    write_objects(objects, fsync=fsync)
     extra = {"stored_bytes": stored} if layout.format_version == 2 else {}
     return {**extra,
         "shard": shard,
@@ -695,8 +804,11 @@ class RunLock:
     def __init__(self, run_dir):
         self.path = os.path.join(run_dir, LOCK_FILE)
         self._fh = None
+        self.run_dir, self.lease = run_dir, None
 
     def acquire(self):
+        if is_remote(self.run_dir):
+            return self._acquire_lease()
         import fcntl    # here, not at import: trajlab imports where fcntl does not exist
 
         fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
@@ -725,7 +837,25 @@ class RunLock:
         self._fh = fh
         return self
 
+    def _acquire_lease(self):
+        """An object store has no flock: a lease object (trajlab.lease),
+        renewed by a heartbeat thread while the run dir is written."""
+        from .lease import Lease
+
+        ttl = lease_ttl()
+        lease = Lease(_remote_store(self.run_dir), ttl_seconds=ttl,
+                      heartbeat_seconds=ttl / 4)
+        lease.acquire()
+        lease.start()
+        self.lease = _LEASES[self.run_dir] = lease
+        return self
+
     def release(self):
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            _LEASES.pop(self.run_dir, None)
+            with contextlib.suppress(Exception):    # a lost lease has nothing to release
+                lease.release()
         if self._fh is not None:
             import fcntl
 
@@ -740,6 +870,32 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+#: Seconds without renewal after which another writer may take a remote run
+#: dir's lease over; the environment variable TRAJLAB_LEASE_TTL (seconds,
+#: in [2, 86400]) changes it (the heartbeat renews it every TTL / 4).
+LEASE_TTL = 60.0
+
+
+def lease_ttl():
+    raw = os.environ.get("TRAJLAB_LEASE_TTL")
+    if raw is None:
+        return LEASE_TTL
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = float("nan")
+    if not 2.0 <= ttl <= 86400.0:
+        v.fail("TRAJLAB_LEASE_TTL", "the environment", "a number of seconds in [2, 86400]",
+               raw)
+    return ttl
+
+
+def _remote_store(run_dir):
+    from .objstore import open_store
+
+    return open_store(run_dir, name="run_dir", owner="trajlab")
 
 
 def lock_record():
@@ -807,6 +963,10 @@ def load_layout(run_dir):
     if not path_lexists(path):
         raise RunDirError(f"{run_dir!r} is not a trajlab run directory (no {SPEC_FILE}).")
     doc = read_json_file(path, run_dir, SPEC_FILE)
+    if is_remote(run_dir) and doc.get("format_version") == 1:
+        raise RunDirError(f"{run_dir!r} holds a format-1 run dir (raw .npy memory maps), which "
+                          "trajlab reads only from a local folder: copy it to a local disk, or "
+                          "generate it in format 2.")
     if doc.get("format") != "trajlab-run" or type(doc.get("format_version")) is not int \
             or doc.get("format_version") not in FORMATS:
         raise RunDirError(
