@@ -133,18 +133,21 @@ class TrajectoryData:
         if self._records is not None:
             return self._records
         records = {}
-        for s in range(self.layout.n_shards):
-            rec = read_record(self.run_dir, self.layout, s)
-            if rec is None:
-                raise RunDirError(f"Shard {s} of {self.run_dir!r} has no valid completion "
-                                  "record: the dataset is damaged." + _fix_hint(self.run_dir))
-            records[s] = rec
-        try:
-            expected = build_manifest(self.run_dir, self.layout, records,
-                                      self._arrays["labels"], self._arrays["splits"])
-        except RunDirError as exc:
-            raise RunDirError(f"{self.run_dir!r} is damaged: {exc}." + _fix_hint(self.run_dir)
-                              ) from None
+        with listed_sizes(self.run_dir):    # s3: the records fetched together
+            for s in range(self.layout.n_shards):
+                rec = read_record(self.run_dir, self.layout, s)
+                if rec is None:
+                    raise RunDirError(f"Shard {s} of {self.run_dir!r} has no valid completion "
+                                      "record: the dataset is damaged." + _fix_hint(self.run_dir))
+                records[s] = rec
+            try:
+                expected = build_manifest(self.run_dir, self.layout, records,
+                                          self._arrays["labels"], self._arrays["splits"])
+            except RunDirError as exc:
+                detail = str(exc)
+                if "trajlab verify" not in detail:      # a damaged object names the fix
+                    detail = detail.rstrip(".") + "." + _fix_hint(self.run_dir)
+                raise RunDirError(f"{self.run_dir!r} is damaged: {detail}") from None
         problem = compare_manifest(self.manifest, expected, self.run_dir)
         if problem:
             raise RunDirError(problem + _fix_hint(self.run_dir))

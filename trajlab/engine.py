@@ -410,28 +410,33 @@ def _manifest_ok(run_dir, layout):
     if manifest is None or problem:
         return False
     records = {}
-    for s in range(layout.n_shards):
-        records[s] = read_record(run_dir, layout, s)
-        if records[s] is None:
+    with listed_sizes(run_dir):         # s3: records, labels and splits fetched together
+        for s in range(layout.n_shards):
+            records[s] = read_record(run_dir, layout, s)
+            if records[s] is None:
+                return False
+        try:
+            expected = build_manifest(run_dir, layout, records)
+        except RunDirError:
             return False
-    try:
-        expected = build_manifest(run_dir, layout, records)
-    except RunDirError:
-        return False
     return compare_manifest(manifest, expected, run_dir) is None
 
 
 def _is_complete(run_dir, layout):
     """Every array file exact, every record valid, the manifest right
     (format 2: every object of every shard with its recorded size)."""
+    with listed_sizes(run_dir):         # s3: one listing, the small objects fetched together
+        return _is_complete_now(run_dir, layout)
+
+
+def _is_complete_now(run_dir, layout):
     if any(check_array_file(run_dir, layout, name) is not None for name in layout.arrays()):
         return False
     if layout.format_version == 2:
-        with listed_sizes(run_dir):
-            for s in range(layout.n_shards):
-                rec = read_record(run_dir, layout, s)
-                if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
-                    return False
+        for s in range(layout.n_shards):
+            rec = read_record(run_dir, layout, s)
+            if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
+                return False
     if not is_remote(run_dir) and not all(
             os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
         return False
@@ -446,11 +451,12 @@ def _drop_records(run_dir, layout, shards):
 def _finalize(run_dir, layout, doc, fsync=False):
     """Write manifest.json from the records and the stored labels/splits."""
     records = {}
-    for s in range(layout.n_shards):
-        records[s] = read_record(run_dir, layout, s)
-        if records[s] is None:
-            raise RunDirError(f"shard {s} has no completion record; cannot finalize")
-    manifest = build_manifest(run_dir, layout, records)
+    with listed_sizes(run_dir):         # s3: records, labels and splits fetched together
+        for s in range(layout.n_shards):
+            records[s] = read_record(run_dir, layout, s)
+            if records[s] is None:
+                raise RunDirError(f"shard {s} has no completion record; cannot finalize")
+        manifest = build_manifest(run_dir, layout, records)
     manifest["finished_at"] = utcnow()
     write_json_atomic(os.path.join(run_dir, MANIFEST_FILE), manifest, fsync=fsync)
     return manifest

@@ -82,6 +82,8 @@ _URL_RULE = ("a local path or an 's3://bucket/prefix' URL (URL schemes trajlab r
 _ETAG_HEAD = 1 << 16
 #: Retries of a conditional S3 write answered 409 ConditionalRequestConflict.
 _CONFLICT_RETRIES = 4
+#: Requests that S3Store.get_many keeps in flight at once.
+CONCURRENCY = 32
 
 
 class ObjectInfo(NamedTuple):
@@ -262,6 +264,16 @@ class Store:
         owner = f"{type(self).__name__}.get_ranges"
         key = self._key(key, "get_ranges")
         return [self.get_range(key, s, n) for s, n in _check_ranges(ranges, owner)]
+
+    def get_many(self, keys, max_bytes):
+        """``{key: bytes}`` of the ``keys`` that exist (each at most
+        ``max_bytes``, as :meth:`get`); S3: up to :data:`CONCURRENCY`
+        requests in flight."""
+        out = {}
+        for k in keys:
+            with contextlib.suppress(FileNotFoundError):
+                out[k] = self.get(k, max_bytes)
+        return out
 
     def size(self, key):
         """Bytes of ``key``, or None if there is no such object."""
@@ -818,6 +830,26 @@ class S3Store(Store):
         if len(data) != n:
             raise TruncatedObjectError(self.key_url(key), 0, n, len(data))
         return data
+
+    def get_many(self, keys, max_bytes):
+        keys = [self._key(k, "get_many") for k in keys]
+        max_bytes = self._max_bytes(max_bytes, "get_many")
+        return self._run(self._aget_many, keys, max_bytes)
+
+    async def _aget_many(self, fs, keys, max_bytes):
+        import asyncio
+
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(key):
+            async with gate:
+                try:
+                    return key, await self._aget(fs, key, max_bytes)
+                except FileNotFoundError:
+                    return key, None
+
+        got = await asyncio.gather(*[one(k) for k in keys])
+        return {k: data for k, data in got if data is not None}
 
     def get_range(self, key, start, length):
         key = self._key(key, "get_range")

@@ -272,6 +272,7 @@ def write_bytes_atomic(path, data, fsync=False):
         store.put(key, data)
         if (listed := _listed(path)) is not None:
             _SIZES.sizes[listed] = len(data)
+            _SIZES.cache.pop(listed, None)
         return
     with atomic_writer(path, fsync=fsync) as fh:
         fh.write(data)
@@ -307,6 +308,7 @@ def remove_file(path):
         store.delete(key)
         if (listed := _listed(path)) is not None:
             _SIZES.sizes.pop(listed, None)
+            _SIZES.cache.pop(listed, None)
         return
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
@@ -407,6 +409,9 @@ def path_lexists(path):
 
 
 _SIZES = threading.local()
+#: What :func:`listed_sizes` fetches ahead: records and the small arrays.
+_PREFETCH_RE = re.compile(r"^(shards/[0-9]{5,}\.json|data/(labels|splits|attempts)/c\.[0-9]+)$")
+_PREFETCH_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -415,14 +420,20 @@ def listed_sizes(run_dir):
     objects answers from one listing of the run dir (a request per 1,000
     objects) instead of a HEAD per object. For the parent's checks under
     the lease only, while no worker writes (a local run dir: no effect)."""
-    if not is_remote(run_dir):
-        yield
+    if not is_remote(run_dir) or getattr(_SIZES, "run_dir", None) == run_dir:
+        yield           # local, or inside a block of the same run dir already
         return
-    _SIZES.run_dir, _SIZES.sizes = run_dir, _remote_store(run_dir).list_sizes()
+    store = _remote_store(run_dir)
+    sizes = store.list_sizes()
+    # the small objects every resume and manifest reads (records, labels,
+    # splits, attempts): fetched together, not one round trip each
+    small = [k for k, n in sizes.items() if n <= _PREFETCH_BYTES and _PREFETCH_RE.match(k)]
+    _SIZES.cache = store.get_many(small, _PREFETCH_BYTES)
+    _SIZES.run_dir, _SIZES.sizes = run_dir, sizes
     try:
         yield
     finally:
-        _SIZES.run_dir = _SIZES.sizes = None
+        _SIZES.run_dir = _SIZES.sizes = _SIZES.cache = None
 
 
 def file_size(path):
@@ -465,6 +476,11 @@ def read_bytes(path, max_bytes):
     object larger than ``max_bytes`` is not read).
     """
     if is_remote(path):
+        if (key := _listed(path)) is not None and key in _SIZES.cache:
+            data = _SIZES.cache[key]
+            if len(data) > max_bytes:
+                raise TooLargeError(len(data))
+            return data
         store, key = _remote(path)
         return store.get(key, max_bytes)
     fd = open_nofollow(path, os.O_RDONLY)
