@@ -269,3 +269,12 @@ def test_loky_workers_started_before_the_credentials_still_write(s3, tmp_path, l
     url = s3.new_url("warm")
     generate(SPEC, url, n_jobs=2, shard_size=SHARD, progress="none")
     assert bucket_digest(url) == tree_digest(local)
+
+
+def test_ensure_dataset_generates_a_missing_bucket_run_once(s3, capsys):  # noqa: F811
+    url = s3.new_url("ensure")
+    res = trajlab.engine.ensure_dataset(url, SPEC, progress="none")
+    assert res is not None and res.n_samples == SPEC.n_samples
+    assert "does not exist: generating" in capsys.readouterr().out
+    assert trajlab.engine.ensure_dataset(url, SPEC.replace(seed=99)) is None   # left as it is
+    assert open_dataset(url).spec == SPEC

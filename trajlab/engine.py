@@ -791,10 +791,15 @@ def ensure_dataset(run_dir, spec, *, create=True, progress="auto"):
     """
     run_dir = v.check_path(run_dir, "run_dir", "ensure_dataset")
     v.check_bool(create, "create", "ensure_dataset")
-    if not create or os.path.lexists(run_dir):
+    if is_remote(run_dir):      # a prefix "exists" once it holds a spec.json
+        run_dir = remote_run_dir(run_dir, "run_dir", "ensure_dataset")
+        if not create or path_lexists(os.path.join(run_dir, SPEC_FILE)):
+            return None
+    elif not create or os.path.lexists(run_dir):
         return None
     print(f"{run_dir} does not exist: generating the dataset first")
-    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    if not is_remote(run_dir):
+        os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
     result = generate(spec, run_dir, progress=progress)
     print(result.summary())
     return result
