@@ -122,3 +122,17 @@ def test_export_reads_a_bucket_as_a_local_run_dir(bucket_run, local, tmp_path):
         assert sorted(za.files) == sorted(zb.files) and "videos" in za.files
         for k in zb.files:
             np.testing.assert_array_equal(za[k], zb[k])
+
+
+def test_an_oversized_object_in_the_bucket_is_refused_unread(bucket_run):
+    from trajlab import zstore
+
+    layout = trajlab.storage.load_layout(bucket_run)[1]
+    limit = zstore.max_object_bytes(layout, "videos")
+    open_store(bucket_run).put("data/videos/c.1.0.0.0.0", b"\0" * (limit + 1))
+    ds = open_dataset(bucket_run, verify="none")
+    ds.videos[0]
+    with pytest.raises(RunDirError, match=rf"c\.1\.0\.0\.0\.0 is larger \({limit + 1} bytes\) "
+                                          "than trajlab writes"):
+        ds.videos[SHARD]
+    assert any(s == 1 for s, *_ in verify_run(bucket_run)["bad"])

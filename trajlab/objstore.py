@@ -257,6 +257,18 @@ class Store:
         FileNotFoundError if absent, :class:`TruncatedObjectError` if shorter."""
         raise NotImplementedError
 
+    def get_tail(self, key, length):
+        """``(the last min(length, size) bytes of key, size)``: a shard
+        index with the object's size in one request on S3 (a suffix range).
+        FileNotFoundError if absent."""
+        key = self._key(key, "get_tail")
+        length = v.check_int(length, "length", f"{type(self).__name__}.get_tail", 1, 1 << 40)
+        size = self.size(key)
+        if size is None:
+            raise FileNotFoundError(errno.ENOENT, f"{self.key_url(key)} does not exist")
+        n = min(length, size)
+        return (self.get_range(key, size - n, n) if n else b""), size
+
     def get_ranges(self, key, ranges):
         """``[get_range(key, start, length) for start, length in ranges]``,
         with the requests in flight together on S3 (the local store reads
@@ -881,6 +893,32 @@ class S3Store(Store):
         if len(data) != length:
             raise TruncatedObjectError(self.key_url(key), start, length, len(data))
         return data
+
+    def get_tail(self, key, length):
+        key = self._key(key, "get_tail")
+        length = v.check_int(length, "length", "S3Store.get_tail", 1, 1 << 40)
+        return self._run(self._atail, key, length)
+
+    async def _atail(self, fs, key, length):
+        resp, err = await self._call(fs, "get_object", key, Range=f"bytes=-{length}")
+        if err is not None:
+            if _is_missing(*err[:2]):
+                raise self._missing(key) from None
+            if err[0] == 416 or err[1] == "InvalidRange":     # an empty object
+                return b"", 0
+            raise err[3]
+        n = int(resp["ContentLength"])
+        if n > length:          # a server that ignored the range: read nothing of it
+            resp["Body"].close()
+            raise TruncatedObjectError(self.key_url(key), 0, length, n)
+        async with resp["Body"] as body:
+            data = await body.read()
+        content_range = str(resp.get("ContentRange") or "")
+        total = content_range.rpartition("/")[2]
+        size = int(total) if total.isdigit() else n          # a 200 answer: the whole object
+        if len(data) != n or size < n:
+            raise TruncatedObjectError(self.key_url(key), max(0, size - n), n, len(data))
+        return data, size
 
     def get_ranges(self, key, ranges):
         key = self._key(key, "get_ranges")

@@ -468,6 +468,22 @@ def read_range(path, start, length):
         os.close(fd)
 
 
+def read_tail(path, length):
+    """``(the last min(length, size) bytes of path, size)`` of the file or
+    object ``path`` (remote: one suffix-range GET). FileNotFoundError if
+    there is none."""
+    if is_remote(path):
+        store, key = _remote(path)
+        return store.get_tail(key, length)
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        n = min(length, size)
+        return os.pread(fd, n, size - n), size
+    finally:
+        os.close(fd)
+
+
 def read_bytes(path, max_bytes):
     """Bytes of the regular file ``path`` (no symlink), at most ``max_bytes``.
 

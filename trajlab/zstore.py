@@ -482,20 +482,26 @@ class ChunkedArray:
         got = self._indices.get(s)
         if got is not None:
             return got
-        from .storage import file_size, read_range
+        from .storage import read_tail
 
         fd = self._fd(s)
         path = object_path(self.run_dir, self.layout, self.name, s)
         what = _rel(self.run_dir, path)
+        want = self.layout.shard_size * _INDEX_ENTRY + _CRC
         try:
-            size = os.fstat(fd).st_size if fd is not None else file_size(path)
-            if size is None:
-                raise DamagedObject(f"{what} is missing")
+            if fd is not None:
+                size = os.fstat(fd).st_size
+                tail = os.pread(fd, want, size - want) if size >= want else b""
+            else:               # an object store: index and size in one request
+                try:
+                    tail, size = read_tail(path, want)
+                except FileNotFoundError:
+                    raise DamagedObject(f"{what} is missing") from None
+                except OSError as exc:
+                    raise DamagedObject(f"{what} cannot be read ({exc})") from None
+                tail = tail if size >= want else b""
             if size > max_object_bytes(self.layout, self.name):
                 raise DamagedObject(f"{what} is larger ({size} bytes) than trajlab writes")
-            want = self.layout.shard_size * _INDEX_ENTRY + _CRC
-            tail = b"" if size < want else (os.pread(fd, want, size - want) if fd is not None
-                                             else read_range(path, size - want, want))
             off, ln = parse_index(tail, self.layout, s, size, what)
         except DamagedObject as exc:
             raise self._damaged(exc) from None
