@@ -100,7 +100,7 @@ def test_cli_generate_status_info_and_verify_on_a_bucket(s3, local):  # noqa: F8
 def _bucket_kill_run(url, ttl):
     env = dict(os.environ, TRAJLAB_PROGRESS="none", TRAJLAB_LEASE_TTL=str(ttl))
     return subprocess.Popen(
-        [sys.executable, "-m", "trajlab", "generate", url, "-n", "1200", "--n-frames", "8",
+        [sys.executable, "-m", "trajlab", "generate", url, "-n", "1600", "--n-frames", "8",
          "--image-size", "32", "--seed", "4", "--shard-size", "16", "-j", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         preexec_fn=default_sigint)
@@ -111,13 +111,16 @@ def test_sigkill_then_resume_in_a_bucket(s3, tmp_path):  # noqa: F811
     refused (the dead writer's lease is still fresh) and the bucket is
     untouched; once the lease lapses a resume takes it over, redoes only the
     missing shards and gives the bytes of an uninterrupted local run."""
-    spec = DatasetSpec(n_samples=1200, n_frames=8, image_size=32, seed=4)
+    spec = DatasetSpec(n_samples=1600, n_frames=8, image_size=32, seed=4)
     url = s3.new_url("kill")
     proc = _bucket_kill_run(url, ttl=3)
     try:
         deadline = time.monotonic() + 120
         while len(records(url)) < 10 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        running = run_cli("status", url)
+        assert running.returncode == 0 and running.stdout.startswith(f"{url}: RUNNING"), \
+            running.stdout + running.stderr
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -135,7 +138,7 @@ def test_sigkill_then_resume_in_a_bucket(s3, tmp_path):  # noqa: F811
     assert proc_st.returncode != 0 and st.startswith(f"{url}: STALLED") and f"process {proc.pid} on this host is gone" in st
     time.sleep(3 + 1.5)                          # the lease lapses (TTL + clock resolution)
     res = generate(spec, url, n_jobs=2, progress="none")
-    assert res.shards_reused == done and res.shards_generated == 75 - done
+    assert res.shards_reused == done and res.shards_generated == 100 - done
     ref = tmp_path / "ref"
     generate(spec, ref, n_jobs=2, shard_size=16, progress="none")
     assert bucket_digest(url) == tree_digest(ref)
