@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from trajlab import CameraSpec, DatasetSpec, make_trajectories
-from trajlab.generator import (NEAR_PLANE, SPLITS, Block, generate_block, labels_for,
-                               sample_rng, splits_for)
+from trajlab.generator import (NEAR_PLANE, SPLITS, Block, generate_block, labels_at,
+                               labels_for, sample_rng, sample_rngs, splits_for)
 
 ARRAYS = ("positions", "pixels", "depth", "radius", "K", "R", "t", "splits", "colors",
           "attempts")
@@ -205,6 +205,47 @@ def test_sample_stream_is_seed_sequence_spawn():
     np.testing.assert_array_equal(a, b)
     # streams of neighbouring (seed, index) pairs do not collide (seed + i was unsafe)
     assert not np.array_equal(sample_rng(1, 0).random(3), sample_rng(0, 1).random(3))
+
+
+# seeds and indices around the 32-bit word boundaries of SeedSequence's entropy
+EDGE_SEEDS = [0, 1, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1]
+EDGE_INDICES = [0, 1, 7, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 5, 2**63 - 1, 99_999_999]
+
+
+@pytest.mark.parametrize("seed", EDGE_SEEDS)
+def test_batched_streams_are_the_one_at_a_time_streams(seed):
+    # generate_samples builds every sample's stream in one vectorised pass;
+    # each must be exactly SeedSequence(seed, spawn_key=(i,)) -> PCG64
+    indices = np.array(EDGE_INDICES + list(range(100, 140)), dtype=np.int64)
+    batch = sample_rngs(seed, indices)
+    assert len(batch) == len(indices)
+    for rng, i in zip(batch, indices.tolist()):
+        ref = sample_rng(seed, i)
+        np.testing.assert_array_equal(rng.random(25), ref.random(25))
+        # and it stays the same stream for later draws of other kinds
+        np.testing.assert_array_equal(rng.standard_normal(3), ref.standard_normal(3))
+    assert sample_rngs(seed, np.zeros(0, dtype=np.int64)) == []
+
+
+def test_label_permutations_use_their_own_seed_sequences():
+    spec = DatasetSpec(n_samples=100, classes=("linear", "circular", "helical"), seed=2**32 + 9)
+    blocks = [0, 1, 2**32 // 3, 2**33]
+    for b in blocks:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            spec.seed, spawn_key=(0x4C41424C, b))))
+        np.testing.assert_array_equal(labels_at(spec, 3 * b + np.arange(3)), rng.permutation(3))
+
+
+def test_batched_streams_refuse_a_seed_sequence_they_do_not_reproduce(monkeypatch):
+    # every batch is checked against numpy's own SeedSequence: a mismatch
+    # (a numpy with another algorithm) raises instead of changing the bytes
+    import trajlab.generator as g
+
+    monkeypatch.setattr(g, "_MULT_B", g._MULT_B ^ 2)
+    with pytest.raises(RuntimeError, match="SeedSequence differs"):
+        sample_rngs(1, [5, 6])
+    with pytest.raises(RuntimeError, match="SeedSequence differs"):
+        generate_block(DatasetSpec(n_samples=4), 0, 4)
 
 
 # ------------------------------------------------------- labels and splits

@@ -85,6 +85,53 @@ def test_window_renderer_equals_full_frame_reference(seed, S, T):
     assert np.mean(out == np.rint(expected)) > 0.9999
 
 
+def _exact(pixels, radius, colors, background):
+    """Full-frame blend with the renderer's float64 arithmetic, uint8: the
+    windowed renderer must give these bytes exactly, so any pixel it leaves
+    out must blend to the background."""
+    S = 64
+    centres = np.arange(S, dtype=np.float64) + 0.5
+    dx = centres - pixels[..., 0, None]
+    dy = centres - pixels[..., 1, None]
+    d = np.sqrt(dy[..., :, None] * dy[..., :, None] + dx[..., None, :] * dx[..., None, :])
+    alpha = np.clip((radius + 0.5)[..., None, None] - d, 0.0, 1.0)
+    bg = np.asarray(background, dtype=np.float64)
+    delta = colors.astype(np.float64) - bg
+    return np.rint(alpha[:, :, None] * delta[:, None, :, None, None]
+                   + bg[:, None, None]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("colour, background", [
+    ((255, 255, 255), (0, 0, 0)),          # grey: one channel computed for three
+    ((90, 90, 90), (200, 200, 200)),
+    ((255, 255, 254), (0, 0, 0)),          # not grey: per channel
+    ((255, 255, 255), (0, 0, 1)),
+    (None, (10, 20, 30)),                  # random colours
+])
+def test_window_renderer_is_byte_exact_at_window_edges(monkeypatch, colour, background):
+    # dots whose left/top edge u - r or right/bottom edge u + r lands exactly
+    # on a pixel boundary (the tight window's limits), and random ones; a
+    # tiny chunk size makes the renderer go through many chunks
+    import trajlab.render as rd
+
+    rng = np.random.default_rng(11)
+    n, T, S = 30, 6, 64
+    radius = np.where(rng.random((n, T)) < 0.5, rng.choice([0.5, 1.0, 2.5, 4.0], (n, T)),
+                      rng.uniform(0.3, 6.0, (n, T)))
+    k = rng.integers(8, 56, (n, T, 2)).astype(np.float64)
+    edge = rng.integers(0, 3, (n, T, 2))
+    pixels = np.where(edge == 0, k + radius[..., None],
+                      np.where(edge == 1, k - radius[..., None], k + rng.random((n, T, 2))))
+    colors = (rng.integers(0, 256, (n, 3), dtype=np.uint8) if colour is None
+              else _colors(n, colour))
+    expected = _exact(pixels, radius, colors, background)
+    np.testing.assert_array_equal(render(pixels, radius, colors, background, S), expected)
+    monkeypatch.setattr(rd, "DOT_CHUNK_BYTES", 3000)
+    np.testing.assert_array_equal(render(pixels, radius, colors, background, S), expected)
+    # ... and the edge pixels are really lit, or this tested nothing
+    assert ((expected != np.asarray(background, np.uint8)[:, None, None]).sum() > 10 * n * T)
+
+
 def test_window_renderer_with_mixed_radii_in_one_block():
     # the window is sized by the largest dot of the block; small ones must
     # still be exact, and a huge dot must not be cut

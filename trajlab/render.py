@@ -22,6 +22,8 @@ __all__ = ["coverage", "render"]
 
 #: Upper bound of the trail renderer's float64 accumulator, bytes.
 TRAIL_ACC_BYTES = 16 * 2**20
+#: Float64 window coverage the dot renderer computes at once, bytes.
+DOT_CHUNK_BYTES = 512 * 2**10
 
 
 def coverage(pixels, radius, image_size):
@@ -47,37 +49,74 @@ def coverage(pixels, radius, image_size):
 
 
 def _window(pixels, radius, image_size):
-    """Top-left corners and size of square windows that hold every dot."""
-    size = min(image_size, int(math.ceil(2.0 * float(radius.max()))) + 4)
-    corner = np.floor(pixels - radius[..., None] - 1.0).astype(np.int64)
+    """Top-left corners and size of square windows that hold every lit pixel.
+
+    Column ``j`` has coverage > 0 only if its centre is within ``r + 0.5`` of
+    ``u``, i.e. ``u - r - 1 < j < u + r``: from ``floor(u - r)`` on, at most
+    ``ceil(2 r) + 1`` columns (rows likewise). A pixel left out by rounding
+    of ``u - r`` has a coverage of ~1e-15, which blends to exactly the
+    background, so a tighter window changes no byte (it was ``ceil(2 r) +
+    4`` wide: 13 x 13 instead of 10 x 10 at 64 px, 70% more pixels).
+    """
+    size = min(image_size, int(math.ceil(2.0 * float(radius.max()))) + 1)
+    corner = np.floor(pixels - radius[..., None]).astype(np.int64)
     np.clip(corner, 0, image_size - size, out=corner)
     return corner, size
 
 
 def _window_alpha(pixels, radius, corner, size):
-    """Coverage inside each window, shape (..., size, size)."""
+    """Coverage inside each window, shape (..., size, size), float64.
+
+    The same operations as :func:`coverage` (``(r + 0.5) - sqrt(dy**2 +
+    dx**2)``, clipped), done in place on one array.
+    """
     offs = np.arange(size, dtype=np.float64) + 0.5
     dx = corner[..., 0, None] + offs - pixels[..., 0, None]
     dy = corner[..., 1, None] + offs - pixels[..., 1, None]
-    d = np.sqrt(dy[..., :, None] ** 2 + dx[..., None, :] ** 2)
-    return np.clip(radius[..., None, None] + 0.5 - d, 0.0, 1.0)
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dy, dy, out=dy)
+    d = dy[..., :, None] + dx[..., None, :]
+    np.sqrt(d, out=d)
+    np.subtract((radius + 0.5)[..., None, None], d, out=d)
+    return np.clip(d, 0.0, 1.0, out=d)
 
 
-def _scatter(out, alpha, corner, size, bg, delta):
-    """Blend window coverages into ``out`` (N, T, 3, H, W) in place.
+def _blend(alpha, bg, delta, grey):
+    """``rint(bg + alpha * delta)`` as uint8, shape (N, T, C, size, size).
 
-    One 1-D scatter per channel through flat indices is much cheaper than
-    4-D fancy indexing; windows of one frame never overlap themselves.
+    ``grey``: every channel has the same background and object value, so one
+    channel (C = 1) stands for all three, with the same arithmetic.
+    """
+    if grey:
+        vals = alpha[:, :, None] * delta[:, None, :1, None, None]
+        vals += bg[0]
+    else:
+        vals = alpha[:, :, None] * delta[:, None, :, None, None]
+        vals += bg[:, None, None]
+    return np.rint(vals, out=vals).astype(np.uint8)
+
+
+def _scatter(out, vals, corner, size):
+    """Write window values ``vals`` (N, T, C, size, size) uint8, C = 1 or 3,
+    into ``out`` (N, T, 3, H, W) C-contiguous, in place.
+
+    Each window row (``size`` bytes) is one element of a void dtype, and
+    ``rows[n, t, y, x]`` is the (3, size) block of rows of the window whose
+    top-left corner is (y, x), a strided view of ``out`` (windows at
+    neighbouring corners overlap in memory; one frame's window never
+    overlaps itself). One advanced-index assignment then copies whole rows.
+    Measured per 16x64^2 clip (2-core EPYC): 5.0 us; the same view in
+    uint8, which copies each row in its own inner loop, 7.2 us; the
+    previous scatter through flat indices ~25 us.
     """
     n, t, _, H, W = out.shape
-    frame0 = (np.arange(n)[:, None] * t + np.arange(t)) * (3 * H * W)        # (N, T)
-    idx = (frame0[..., None, None] + corner[..., 1, None, None] * W
-           + corner[..., 0, None, None]
-           + (np.arange(size)[:, None] * W + np.arange(size)[None, :]))
-    flat = out.reshape(-1)   # a view: render() works on a C-contiguous buffer
-    for c in range(3):
-        flat[idx + c * H * W] = np.rint(bg[c] + alpha * delta[:, c, None, None, None]
-                                        ).astype(np.uint8)
+    c = vals.shape[2]
+    row = np.dtype((np.void, size))
+    sn, st, sc, sy, sx = out.strides
+    rows = np.ndarray(shape=(n, t, H - size + 1, W - size + 1, 3, size), dtype=row, buffer=out,
+                      strides=(sn, st, sy, sx, sc, sy))
+    rows[np.arange(n)[:, None], np.arange(t), corner[..., 1], corner[..., 0]] = (
+        vals.view(row).reshape(n, t, c, size))
 
 
 def render(pixels, radius, colors, background, image_size, style="dot",
@@ -112,8 +151,8 @@ def render(pixels, radius, colors, background, image_size, style="dot",
     if out is None:
         out = np.empty((n, t, 3, H, W), dtype=np.uint8)
     elif not out.flags.c_contiguous:
-        # the scatters below write through a flat view, which only exists
-        # for C-contiguous buffers
+        # the scatters below write through strided and flat views of the
+        # buffer, which only exist for C-contiguous buffers
         out[...] = render(pixels, radius, colors, background, image_size, style,
                           trail_length, trail_decay)
         return out
@@ -127,7 +166,17 @@ def render(pixels, radius, colors, background, image_size, style="dot",
     delta = colors.astype(np.float64) - bg            # (N, 3)
     corner, size = _window(pixels, radius, image_size)
     if style == "dot":
-        _scatter(out, _window_alpha(pixels, radius, corner, size), corner, size, bg, delta)
+        # grey (white on black, the default): the three channels' values are
+        # equal, so compute one and write it to all three
+        grey = len(set(background)) == 1 and bool((colors == colors[:, :1]).all())
+        # samples in chunks whose float64 windows fit in a core's L2 cache:
+        # each pass over them is then not memory-bound (measured ~10% less
+        # CPU than whole 512-sample blocks at 16x64^2)
+        chunk = max(1, DOT_CHUNK_BYTES // (8 * t * size * size))
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            alpha = _window_alpha(pixels[a:b], radius[a:b], corner[a:b], size)
+            _scatter(out[a:b], _blend(alpha, bg, delta[a:b], grey), corner[a:b], size)
         return out
     # trail: accumulate the max coverage over lags (dots of different lags
     # may overlap) in zeroed full frames, then blend only inside the windows
