@@ -97,6 +97,11 @@ def test_cli_generate_status_info_and_verify_on_a_bucket(s3, local):  # noqa: F8
     assert run_cli("generate", url, check=True).returncode == 0
 
 
+#: Lease TTL of the killed writer: long enough that a loaded machine still
+#: finds its lease fresh right after the kill.
+TTL = 10
+
+
 def _bucket_kill_run(url, ttl):
     env = dict(os.environ, TRAJLAB_PROGRESS="none", TRAJLAB_LEASE_TTL=str(ttl))
     return subprocess.Popen(
@@ -113,7 +118,7 @@ def test_sigkill_then_resume_in_a_bucket(s3, tmp_path):  # noqa: F811
     missing shards and gives the bytes of an uninterrupted local run."""
     spec = DatasetSpec(n_samples=1600, n_frames=8, image_size=32, seed=4)
     url = s3.new_url("kill")
-    proc = _bucket_kill_run(url, ttl=3)
+    proc = _bucket_kill_run(url, ttl=TTL)
     try:
         deadline = time.monotonic() + 120
         while len(records(url)) < 10 and proc.poll() is None and time.monotonic() < deadline:
@@ -136,7 +141,7 @@ def test_sigkill_then_resume_in_a_bucket(s3, tmp_path):  # noqa: F811
     proc_st = run_cli("status", url)
     st = proc_st.stdout
     assert proc_st.returncode != 0 and st.startswith(f"{url}: STALLED") and f"process {proc.pid} on this host is gone" in st
-    time.sleep(3 + 1.5)                          # the lease lapses (TTL + clock resolution)
+    time.sleep(TTL + 1.5)                        # the lease lapses (TTL + clock resolution)
     res = generate(spec, url, n_jobs=2, progress="none")
     assert res.shards_reused == done and res.shards_generated == 100 - done
     ref = tmp_path / "ref"
@@ -165,7 +170,7 @@ def test_a_writer_that_loses_its_lease_stops_writing(s3, monkeypatch):  # noqa: 
 
     url = s3.new_url("lost")
     store = open_store(url)
-    monkeypatch.setenv("TRAJLAB_LEASE_TTL", "2")
+    monkeypatch.setenv("TRAJLAB_LEASE_TTL", "4")
     real = engine.write_shard
     foreign = json.dumps({"program": "trajlab", "token": "f" * 32, "pid": 1, "host": "other",
                           "since": "2026-01-01T00:00:00Z", "heartbeat_unix": 0.0,
@@ -174,7 +179,7 @@ def test_a_writer_that_loses_its_lease_stops_writing(s3, monkeypatch):  # noqa: 
     def task(run_dir, layout, shard, fsync=False):
         if shard == 3:
             store.put(".lease.json", foreign)    # a takeover, as another host would do it
-            time.sleep(1.0)                      # two heartbeats (TTL / 4 = 0.5 s)
+            time.sleep(2.5)                      # two heartbeats (TTL / 4 = 1 s)
         return real(run_dir, layout, shard, fsync)
 
     monkeypatch.setattr(engine, "write_shard", task)
