@@ -27,7 +27,8 @@ from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
                       open_array, parse_annotations, probe_problem, read_annotations_bytes,
-                      is_remote, listed_sizes, read_manifest, read_record, sha256_bytes)
+                      is_remote, listed_sizes, read_manifest, read_record, remote_run_dir,
+                      sha256_bytes)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
@@ -68,7 +69,7 @@ class TrajectoryData:
         run_dir = v.check_path(run_dir, "run_dir", "open_dataset")
         v.check_choice(verify, "verify", "open_dataset", VERIFY_MODES)
         if is_remote(run_dir):
-            run_dir = run_dir.rstrip("/")
+            run_dir = remote_run_dir(run_dir, "run_dir", "open_dataset")
         elif not os.path.isdir(run_dir):
             raise RunDirError(f"No dataset at {run_dir!r}: the directory does not exist.")
         self.doc, self.layout = load_layout(run_dir)
@@ -299,7 +300,7 @@ def verify_run(run_dir):
     run_dir = v.check_path(run_dir, "run_dir", "verify_run")
     rep = {"ok": False, "n_shards": 0, "bad": [], "complete": False, "layout": None}
     if is_remote(run_dir):
-        run_dir = run_dir.rstrip("/")
+        run_dir = remote_run_dir(run_dir, "run_dir", "verify_run")
     elif not os.path.isdir(run_dir):
         rep["bad"].append((None, "run_dir",
                            f"No dataset at {run_dir!r}: the directory does not exist."))

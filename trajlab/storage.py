@@ -287,15 +287,11 @@ def write_objects(items, fsync=False):
     for p, d in items:
         if not is_remote(p):
             write_bytes_atomic(p, d, fsync=fsync)
-    if remote:
+    if remote:                  # a shard's objects: all under one run dir, one bucket
         for p, _d in remote:
             check_lease(p)
         store = _remote(remote[0][0])[0]
-        if all(_remote(p)[0] == store for p, _d in remote):
-            store.put_many([(_remote(p)[1], d) for p, d in remote])
-        else:   # pragma: no cover - trajlab's objects of a shard share one bucket
-            for p, d in remote:
-                write_bytes_atomic(p, d)
+        store.put_many([(_remote(p)[1], d) for p, d in remote])
 
 
 def remove_file(path):

@@ -277,10 +277,11 @@ class _RunDirDataset(_ViewDataset):
             v.fail("root", owner, "a path (str or os.PathLike)", root, TypeError)
         v.check_choice(split, "split", owner, SPLITS + (None,))
         v.check_choice(verify, "verify", owner, VERIFY_MODES)
-        from .storage import is_remote
+        from .storage import is_remote, remote_run_dir
 
         root = os.fspath(root)
-        self.root = root.rstrip("/") if is_remote(root) else os.path.abspath(root)
+        self.root = remote_run_dir(root, "root", owner) if is_remote(root) \
+            else os.path.abspath(root)
         self.split, self.verify = split, verify
         data = _open(self.root, verify)
         self._init_classes(data.spec)
