@@ -122,7 +122,7 @@ def damage_sample(run_dir, name, sample, how="content", byte=100):
 
     ``content``: one decoded byte differs, the storage stays well-formed
     (format 1: a flipped byte in the .npy; format 2: the shard's object
-    re-encoded with that byte flipped), so only the sha256 can tell.
+    re-encoded with that byte flipped), so only the checksum can tell.
     ``raw``: a stored byte inside the sample's bytes is flipped (format 2:
     inside its compressed clip or its shard's chunk, which no longer
     decodes). ``truncate``: the file or object holding it loses its end.

@@ -103,8 +103,8 @@ def _same_as_loky(rd, reference):
     assert _records(rd) == _records(ref_rd)
     for f in _records(rd):
         a, b = (json.load(open(os.path.join(d, "shards", f))) for d in (rd, ref_rd))
-        assert {k: a[k] for k in ("sha256", "rejections", "class_counts", "start", "stop")} == \
-            {k: b[k] for k in ("sha256", "rejections", "class_counts", "start", "stop")}
+        assert {k: a[k] for k in ("xxh3_128", "rejections", "class_counts", "start", "stop")} == \
+            {k: b[k] for k in ("xxh3_128", "rejections", "class_counts", "start", "stop")}
     m, mref = (json.load(open(os.path.join(d, "manifest.json"))) for d in (rd, ref_rd))
     m.pop("finished_at"), mref.pop("finished_at")
     assert m == mref and m["complete"]

@@ -200,7 +200,7 @@ def test_a_damaged_object_in_the_bucket_is_repaired_and_regenerated(s3, local): 
     layout = trajlab.storage.load_layout(url)[1]
     key = "data/videos/" + zstore.chunk_key(layout, "videos", 5)
     rows = zstore.read_shard(url, layout, "videos", 5).copy()
-    rows[2, 1, 0, 3, 3] ^= 0xFF                  # decodes, other bytes: only sha256 tells
+    rows[2, 1, 0, 3, 3] ^= 0xFF                  # decodes, other bytes: only the checksum tells
     store.put(key, zstore.encode(layout, "videos", rows))
     ds = open_dataset(url)
     ds.video(4 * SHARD)

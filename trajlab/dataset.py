@@ -27,8 +27,7 @@ from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
                       open_array, parse_annotations, probe_problem, read_annotations_bytes,
-                      is_remote, listed_sizes, read_manifest, read_record, remote_run_dir,
-                      sha256_bytes)
+                      is_remote, listed_sizes, read_manifest, read_record, remote_run_dir)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
 
@@ -236,7 +235,7 @@ class TrajectoryData:
             return self._ann_cache[1]
         raw = read_annotations_bytes(self.run_dir, self.layout, shard)
         if (check or self.verify_mode != "none") and \
-                sha256_bytes(raw) != self._record(shard)["sha256"]["annotations"]:
+                self.layout.digest(raw) != self._record(shard)[self.layout.checksum]["annotations"]:
             path = self.layout.annotations_path(self.run_dir, shard)
             raise RunDirError(
                 f"Checksum mismatch in {path!r} (shard {shard}): the annotations are corrupted. "

@@ -377,7 +377,7 @@ def _label_split_mismatches(run_dir, layout, shards):
     """``(shard, reason)`` for shards whose labels, splits or attempts do not
     match its record (13 bytes a sample, read for the manifest anyway:
     checked on every resume)."""
-    from .storage import open_array, record_data_problem, sha256_bytes
+    from .storage import open_array, record_data_problem
 
     out = []
     arrays = {name: open_array(run_dir, layout, name)
@@ -391,7 +391,7 @@ def _label_split_mismatches(run_dir, layout, shards):
             except RunDirError as exc:       # format 2: a damaged object
                 out.append((s, str(exc).split(" in run directory ")[0]))
                 break
-            if sha256_bytes(data.data) != rec["sha256"][name]:
+            if layout.digest(data.data) != rec[layout.checksum][name]:
                 out.append((s, f"checksum mismatch in {layout.arrays()[name][0]} "
                                f"(samples {a}..{b - 1})"))
                 break
@@ -504,10 +504,11 @@ def _prepare(spec, run_dir, shard_size, format_version=None):
                 f"trajlab run directory. Got {run_dir!r} instead, which holds "
                 f"{foreign[:5]} and no {SPEC_FILE}.")
         check_managed_entries(run_dir)
-    from .storage import FORMAT_VERSION
+    from . import storage
 
     size = auto_shard_size(spec) if shard_size == "auto" else shard_size
-    layout = RunLayout(spec, size, FORMAT_VERSION if format_version is None else format_version)
+    layout = RunLayout(spec, size, storage.FORMAT_VERSION if format_version is None
+                       else format_version, storage.CHECKSUM)
     v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
                 v.MAX_N_SHARDS)
     return None, layout, True

@@ -1,0 +1,137 @@
+"""The completion records' checksums: xxh3_128 in new run dirs, sha256 in
+run dirs written before (spec.json without ``layout.checksum``), which keep
+verifying, catching damage and resuming with sha256."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import xxhash
+
+import trajlab
+from trajlab import DatasetSpec, RunDirError, generate, open_dataset, verify_run
+from trajlab import storage
+from trajlab.storage import check_record, load_layout
+
+from _util import damage_sample, tree_digest
+
+SPEC = DatasetSpec(n_samples=40, n_frames=4, image_size=16, seed=5)
+
+
+def _records(rd):
+    return [json.loads((rd / "shards" / f).read_text())
+            for f in sorted(os.listdir(rd / "shards"))]
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["format1", "format2"])
+def pair(request, tmp_path_factory):
+    """(new run dir, old-style sha256 run dir) of the same spec and format."""
+    root = tmp_path_factory.mktemp(f"sums{request.param}")
+    new, old = root / "new", root / "old"
+    generate(SPEC, new, n_jobs=1, shard_size=8, progress="none",
+             format_version=request.param)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(storage, "CHECKSUM", "sha256")     # what trajlab wrote before xxh3_128
+    try:
+        generate(SPEC, old, n_jobs=1, shard_size=8, progress="none",
+                 format_version=request.param)
+    finally:
+        mp.undo()
+    return new, old
+
+
+def test_new_run_dirs_record_the_xxh3_128_of_the_decoded_bytes(pair):
+    new, _old = pair
+    layout = load_layout(str(new))[1]
+    assert layout.checksum == "xxh3_128"
+    assert json.loads((new / "spec.json").read_text())["layout"]["checksum"] == "xxh3_128"
+    ds = open_dataset(new)
+    for rec in _records(new):
+        assert "sha256" not in rec
+        a, b = rec["start"], rec["stop"]
+        sums = rec["xxh3_128"]
+        # the checksum is of the decoded content, computed here by the library itself
+        assert sums["videos"] == xxhash.xxh3_128_hexdigest(
+            np.ascontiguousarray(ds.videos[a:b]).tobytes())
+        assert sums["positions"] == xxhash.xxh3_128_hexdigest(
+            np.ascontiguousarray(ds.positions[a:b]).tobytes())
+        assert all(len(x) == 32 for x in sums.values())
+
+
+def test_old_sha256_run_dirs_keep_their_spec_json_and_verify(pair):
+    new, old = pair
+    doc = json.loads((old / "spec.json").read_text())
+    assert "checksum" not in doc["layout"]           # byte for byte the old layout
+    assert load_layout(str(old))[1].checksum == "sha256"
+    ds = open_dataset(old)
+    for rec in _records(old):
+        assert "xxh3_128" not in rec
+        a, b = rec["start"], rec["stop"]
+        assert rec["sha256"]["videos"] == hashlib.sha256(
+            np.ascontiguousarray(ds.videos[a:b]).tobytes()).hexdigest()
+    assert verify_run(str(old))["ok"]
+    # the data itself does not depend on the checksum
+    assert tree_digest(old) == tree_digest(new)
+    np.testing.assert_array_equal(open_dataset(new).video(17), ds.video(17))
+
+
+@pytest.mark.parametrize("which", ["new", "old"])
+def test_a_flipped_decoded_byte_is_found_with_either_checksum(pair, which, tmp_path):
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[0] if which == "new" else pair[1], rd)
+    damage_sample(str(rd), "videos", 13, how="content")
+    report = verify_run(str(rd))
+    assert not report["ok"]
+    assert "checksum mismatch" in str(report["bad"])
+    with pytest.raises(RunDirError, match="(?i)checksum"):
+        open_dataset(rd).video(13)
+
+
+def test_an_old_run_dir_resumes_with_sha256(pair, tmp_path):
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[1], rd)
+    os.remove(rd / "manifest.json")
+    os.remove(rd / "shards" / "00002.json")          # shard 2 to redo
+    res = generate(SPEC, rd, n_jobs=1, progress="none")
+    assert res.shards_generated == 1
+    redone = json.loads((rd / "shards" / "00002.json").read_text())
+    assert set(redone) & {"sha256", "xxh3_128"} == {"sha256"}
+    assert tree_digest(rd) == tree_digest(pair[1])
+    assert verify_run(str(rd))["ok"]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r.__setitem__("xxh3_128", {k: v[:31] for k, v in r["xxh3_128"].items()}),
+     "not 32 hex digits"),
+    (lambda r: r.__setitem__("sha256", r.pop("xxh3_128")), "xxh3_128 does not list"),
+])
+def test_a_damaged_record_checksum_is_refused(pair, tmp_path, edit, match):
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[0], rd)
+    path = rd / "shards" / "00001.json"
+    rec = json.loads(path.read_text())
+    layout = load_layout(str(rd))[1]
+    assert check_record(rec, layout, 1) is None
+    edit(rec)
+    assert match in check_record(rec, layout, 1)
+    path.write_text(json.dumps(rec))
+    report = verify_run(str(rd))
+    assert not report["ok"]
+    assert [b[:2] for b in report["bad"]] == [(1, "record")]
+
+
+def test_an_unknown_checksum_in_spec_json_is_refused_with_the_choices(pair, tmp_path):
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[0], rd)
+    doc = json.loads((rd / "spec.json").read_text())
+    doc["layout"]["checksum"] = "md5"
+    (rd / "spec.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match=r"'layout.checksum' parameter .* must be one of "
+                                          r"\['sha256', 'xxh3_128'\].*Got 'md5'"):
+        load_layout(str(rd))
+    with pytest.raises(RunDirError, match="layout.checksum"):
+        generate(SPEC, rd, n_jobs=1, progress="none")
+    assert json.loads((rd / "spec.json").read_text())["layout"]["checksum"] == "md5"
