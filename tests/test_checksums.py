@@ -1,6 +1,7 @@
-"""The completion records' checksums: xxh3_128 in new run dirs, sha256 in
-run dirs written before (spec.json without ``layout.checksum``), which keep
-verifying, catching damage and resuming with sha256."""
+"""What new run dirs write differently from earlier ones, and the earlier
+ones still read, verify and resume as they were written: the completion
+records' checksums (xxh3_128 now, sha256 where spec.json has no
+``layout.checksum``) and format 2's zstd level (-1 now, 1 before)."""
 
 import hashlib
 import json
@@ -13,12 +14,24 @@ import xxhash
 
 import trajlab
 from trajlab import DatasetSpec, RunDirError, generate, open_dataset, verify_run
-from trajlab import storage
-from trajlab.storage import check_record, load_layout
+from trajlab import storage, zstore
+from trajlab.storage import (check_record, load_layout, open_array,
+                             read_annotations_bytes)
 
 from _util import damage_sample, tree_digest
 
 SPEC = DatasetSpec(n_samples=40, n_frames=4, image_size=16, seed=5)
+
+
+def _decoded(rd):
+    """sha256 of every decoded array and of the annotation text."""
+    layout = load_layout(str(rd))[1]
+    out = {name: hashlib.sha256(np.ascontiguousarray(open_array(str(rd), layout, name)[:])
+                                .tobytes()).hexdigest() for name in layout.arrays()}
+    out["annotations"] = hashlib.sha256(
+        b"".join(read_annotations_bytes(str(rd), layout, s)
+                 for s in range(layout.n_shards))).hexdigest()
+    return out
 
 
 def _records(rd):
@@ -35,6 +48,7 @@ def pair(request, tmp_path_factory):
              format_version=request.param)
     mp = pytest.MonkeyPatch()
     mp.setattr(storage, "CHECKSUM", "sha256")     # what trajlab wrote before xxh3_128
+    mp.setattr(zstore, "ZSTD_LEVEL", 1)            # and before zstd level -1
     try:
         generate(SPEC, old, n_jobs=1, shard_size=8, progress="none",
                  format_version=request.param)
@@ -73,8 +87,8 @@ def test_old_sha256_run_dirs_keep_their_spec_json_and_verify(pair):
         assert rec["sha256"]["videos"] == hashlib.sha256(
             np.ascontiguousarray(ds.videos[a:b]).tobytes()).hexdigest()
     assert verify_run(str(old))["ok"]
-    # the data itself does not depend on the checksum
-    assert tree_digest(old) == tree_digest(new)
+    # the data itself does not depend on the checksum (nor on the zstd level)
+    assert _decoded(old) == _decoded(new)
     np.testing.assert_array_equal(open_dataset(new).video(17), ds.video(17))
 
 
@@ -99,7 +113,7 @@ def test_an_old_run_dir_resumes_with_sha256(pair, tmp_path):
     assert res.shards_generated == 1
     redone = json.loads((rd / "shards" / "00002.json").read_text())
     assert set(redone) & {"sha256", "xxh3_128"} == {"sha256"}
-    assert tree_digest(rd) == tree_digest(pair[1])
+    assert tree_digest(rd) == tree_digest(pair[1])     # stored bytes too, level 1 kept
     assert verify_run(str(rd))["ok"]
 
 
@@ -135,3 +149,57 @@ def test_an_unknown_checksum_in_spec_json_is_refused_with_the_choices(pair, tmp_
     with pytest.raises(RunDirError, match="layout.checksum"):
         generate(SPEC, rd, n_jobs=1, progress="none")
     assert json.loads((rd / "spec.json").read_text())["layout"]["checksum"] == "md5"
+
+
+def _zstd_levels(rd):
+    """The zstd level the zarr.json of every array names."""
+    out = set()
+    for name in os.listdir(rd / "data"):
+        if (rd / "data" / name).is_dir():
+            doc = json.loads((rd / "data" / name / "zarr.json").read_text())
+            codecs = doc["codecs"]
+            if codecs[0]["name"] == "sharding_indexed":
+                codecs = codecs[0]["configuration"]["codecs"]
+            out |= {c["configuration"]["level"] for c in codecs if c["name"] == "zstd"}
+    return out
+
+
+def test_format2_levels_are_recorded_and_kept_on_resume(pair, tmp_path):
+    new, old = pair
+    if load_layout(str(new))[1].format_version != 2:
+        pytest.skip("format 1 stores raw .npy")
+    import zarr
+
+    assert json.loads((new / "spec.json").read_text())["layout"]["codec"] == "zstd-fast1"
+    assert json.loads((old / "spec.json").read_text())["layout"]["codec"] == "zstd-1"
+    assert _zstd_levels(new) == {-1} and _zstd_levels(old) == {1}
+    assert json.loads((new / "manifest.json").read_text())["codec"] == "zstd-fast1"
+    # level -1 objects are smaller to make, not different to read: zarr-python
+    # decodes both to the same arrays
+    for rd in (new, old):
+        z = zarr.open_group(str(rd / "data"), mode="r")
+        np.testing.assert_array_equal(z["videos"][:], open_dataset(new).videos[:])
+    # an old run dir's redone shard is written at its own level, byte for byte
+    rd = tmp_path / "rd"
+    shutil.copytree(old, rd)
+    victim = rd / "data" / "videos" / "c.1.0.0.0.0"
+    before = victim.read_bytes()
+    os.remove(rd / "manifest.json")
+    os.remove(rd / "shards" / "00001.json")
+    victim.unlink()
+    generate(SPEC, rd, n_jobs=1, progress="none")
+    assert victim.read_bytes() == before
+    assert verify_run(str(rd))["ok"]
+
+
+def test_an_unknown_codec_in_spec_json_is_refused_with_the_choices(pair, tmp_path):
+    if load_layout(str(pair[0]))[1].format_version != 2:
+        pytest.skip("format 1 has no codec")
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[0], rd)
+    doc = json.loads((rd / "spec.json").read_text())
+    doc["layout"]["codec"] = "zstd-3"
+    (rd / "spec.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match=r"'layout.codec' parameter .* must be one of "
+                                          r"\['zstd-1', 'zstd-fast1'\].*Got 'zstd-3'"):
+        load_layout(str(rd))

@@ -55,7 +55,7 @@ def test_info_and_status(cli_run):
     assert raw == 50 * sum(int(np.prod(a["shape"][1:])) * np.dtype(a["dtype"]).itemsize
                            for a in info["spec"]["layout"]["arrays"].values())
     assert info["manifest"]["compression_ratio"] == round(raw / stored["total"], 1) > 2
-    assert (f"On disk:      {stored['total'] / 1e3:,.1f} kB (zstd-1, zarr-v3), "
+    assert (f"On disk:      {stored['total'] / 1e3:,.1f} kB ({info['manifest']['codec']}, zarr-v3), "
             f"{raw / 1e6:,.1f} MB decoded: {info['manifest']['compression_ratio']}x smaller") \
         in out
     st = run_cli("status", rd)

@@ -508,7 +508,7 @@ def _prepare(spec, run_dir, shard_size, format_version=None):
 
     size = auto_shard_size(spec) if shard_size == "auto" else shard_size
     layout = RunLayout(spec, size, storage.FORMAT_VERSION if format_version is None
-                       else format_version, storage.CHECKSUM)
+                       else format_version, storage.CHECKSUM, storage.zstore.ZSTD_LEVEL)
     v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
                 v.MAX_N_SHARDS)
     return None, layout, True

@@ -267,18 +267,23 @@ class Block:
     def annotations(self, spec):
         """Per-sample JSON-ready dicts: class, split, params, equation, description."""
         out = []
-        for k, p in enumerate(self.params):
-            label = int(self.labels[k])
-            tc = REGISTRY[spec.classes[label]]
+        # Python ints and floats up front (tolist), and the equation and
+        # description formatted from the same lists: numpy scalars one at a
+        # time were most of the annotations' time; the text is the same
+        tcs = [REGISTRY[c] for c in spec.classes]
+        for index, label, split, p in zip(self.indices.tolist(), self.labels.tolist(),
+                                          self.splits.tolist(), self.params):
+            tc = tcs[label]
+            plain = {name: (x.tolist() if isinstance(x, np.ndarray) else x)
+                     for name, x in p.items()}
             out.append({
-                "index": int(self.indices[k]),
+                "index": index,
                 "label": label,
                 "class": tc.name,
-                "split": SPLITS[int(self.splits[k])],
-                "params": {name: (x.tolist() if isinstance(x, np.ndarray) else x)
-                           for name, x in p.items()},
-                "equation": tc.equation(p),
-                "description": tc.description(p, spec.clip_seconds),
+                "split": SPLITS[split],
+                "params": plain,
+                "equation": tc.equation(plain),
+                "description": tc.description(plain, spec.clip_seconds),
             })
         return out
 

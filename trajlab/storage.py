@@ -606,6 +606,8 @@ class RunLayout:
     format_version: int = FORMAT_VERSION
     #: key of :data:`CHECKSUMS`; run dirs from before it had one are sha256
     checksum: str = CHECKSUM
+    #: format 2: the zstd level of every object (see trajlab.zstore.ZSTD_LEVEL)
+    zstd_level: int = zstore.ZSTD_LEVEL
 
     def digest(self, buf):
         """This run dir's checksum (hex) of ``buf``."""
@@ -649,7 +651,7 @@ class RunLayout:
                 "shard_size": self.shard_size,
                 "n_shards": self.n_shards,
                 "store": "zarr-v3",
-                "codec": f"zstd-{zstore.ZSTD_LEVEL}",
+                "codec": zstore.codec_name(self.zstd_level),
                 "arrays": {name: {"path": f, "shape": list(shape), "dtype": dt.str,
                                   "bytes_per_sample": per}
                            for name, (f, shape, dt, h, per) in self.arrays().items()},
@@ -818,7 +820,7 @@ def write_shard(run_dir, layout, shard, fsync=False):
                    for rec in block.annotations(layout.spec)).encode("utf-8")
     checksums["annotations"] = layout.digest(text)
     if layout.format_version == 2:
-        text = zstore.compress(text)
+        text = zstore.compress(text, layout.zstd_level)
         stored["annotations"] = len(text)
     objects.append((layout.annotations_path(run_dir, shard), text))
     write_objects(objects, fsync=fsync)
@@ -1053,7 +1055,13 @@ def load_layout(run_dir):
         if checksum not in CHECKSUMS:
             v.fail("layout.checksum", own, f"one of {sorted(CHECKSUMS)} (or absent: sha256)",
                    checksum)
-        layout = RunLayout(spec, shard_size, doc["format_version"], checksum)
+        level = zstore.ZSTD_LEVEL
+        if doc["format_version"] == 2:
+            codec = lay.get("codec")
+            if codec not in zstore.CODECS:
+                v.fail("layout.codec", own, f"one of {sorted(zstore.CODECS)}", codec)
+            level = zstore.CODECS[codec]
+        layout = RunLayout(spec, shard_size, doc["format_version"], checksum, level)
         v.check_int(layout.n_shards, "layout.n_shards", own, 1, v.MAX_N_SHARDS)
         diff = _diff_paths(lay, layout.to_dict())
         if diff:
@@ -1369,7 +1377,7 @@ def manifest_layout(layout):
     if layout.format_version == 1:
         return {"files": {name: {"file": f, "bytes": layout.expected_size(name)}
                           for name, (f, *_r) in layout.arrays().items()}}
-    return {"store": "zarr-v3", "codec": f"zstd-{zstore.ZSTD_LEVEL}",
+    return {"store": "zarr-v3", "codec": zstore.codec_name(layout.zstd_level),
             "files": {name: {"path": f, "raw_bytes": layout.raw_bytes(name)}
                       for name, (f, *_r) in layout.arrays().items()}}
 

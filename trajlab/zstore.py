@@ -44,7 +44,14 @@ import numpy as np
 
 STORE_DIR = "data"
 ZARR_JSON = "zarr.json"
-ZSTD_LEVEL = 1
+#: zstd level of new run dirs. -1 (zstd's "fast 1") by measurement
+#: (bench/bench_formats.py, tools in docs/STORAGE_V2.md): 54 instead of 82 us
+#: per 16x64^2 clip, the largest cost of a worker after the checksum change,
+#: for 214x instead of 235x. Run dirs written at level 1 say so in their
+#: spec.json ("codec": "zstd-1") and their zarr.json, and keep it.
+ZSTD_LEVEL = -1
+#: ``layout.codec`` of spec.json and the manifest for each level trajlab writes.
+CODECS = {"zstd-1": 1, "zstd-fast1": -1}
 #: Index entry of an inner chunk that is not stored (beyond the last sample).
 ABSENT = 2**64 - 1
 #: Names of the axes, for xarray (which needs them) and for people.
@@ -73,12 +80,20 @@ def _zstd():
 _LOCAL = threading.local()
 
 
-def compress(buf):
-    """zstd frame (level 1) with the decoded size and a content checksum."""
-    cctx = getattr(_LOCAL, "cctx", None)
+def codec_name(level):
+    """The ``codec`` entry of a layout at zstd ``level``."""
+    return f"zstd-{level}" if level > 0 else f"zstd-fast{-level}"
+
+
+def compress(buf, level=ZSTD_LEVEL):
+    """zstd frame at ``level`` with the decoded size and a content checksum."""
+    cctxs = getattr(_LOCAL, "cctxs", None)
+    if cctxs is None:
+        cctxs = _LOCAL.cctxs = {}
+    cctx = cctxs.get(level)
     if cctx is None:
-        cctx = _LOCAL.cctx = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
-                                                    write_content_size=True)
+        cctx = cctxs[level] = _zstd().ZstdCompressor(level=level, write_checksum=True,
+                                                     write_content_size=True)
     return cctx.compress(buf)
 
 
@@ -150,8 +165,8 @@ def _bytes_codec(dtype):
     return {"name": "bytes", "configuration": {"endian": "little"}}
 
 
-def _zstd_codec():
-    return {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": True}}
+def _zstd_codec(level):
+    return {"name": "zstd", "configuration": {"level": level, "checksum": True}}
 
 
 def array_document(layout, name):
@@ -161,12 +176,12 @@ def array_document(layout, name):
     if name == "videos":
         codecs = [{"name": "sharding_indexed", "configuration": {
             "chunk_shape": [1, *shape[1:]],
-            "codecs": [_bytes_codec(dt), _zstd_codec()],
+            "codecs": [_bytes_codec(dt), _zstd_codec(layout.zstd_level)],
             "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                              {"name": "crc32c"}],
             "index_location": "end"}}]
     else:
-        codecs = [_bytes_codec(dt), _zstd_codec()]
+        codecs = [_bytes_codec(dt), _zstd_codec(layout.zstd_level)]
     return {
         "zarr_format": 3, "node_type": "array",
         "shape": list(shape), "data_type": _ZARR_DTYPES[dt.name],
@@ -217,12 +232,12 @@ def encode(layout, name, rows):
             padded = np.zeros((S, *shape[1:]), dtype=rows.dtype)
             padded[:n] = rows
             rows = padded
-        return compress(rows.data)
+        return compress(rows.data, layout.zstd_level)
     parts, index = [], np.full((S, 2), ABSENT, dtype="<u8")
     offset = 0
     flat = rows.reshape(n, -1)
     for j in range(n):
-        c = compress(flat[j].data)
+        c = compress(flat[j].data, layout.zstd_level)
         index[j] = (offset, len(c))
         offset += len(c)
         parts.append(c)
