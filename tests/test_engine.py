@@ -361,6 +361,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"backend": "nosuch"}, "'backend' parameter of generate must be None or one of {'dask', 'loky'"),
+    # joblib has it, but it cannot hand results over as they complete
+    ({"backend": "multiprocessing"}, r"must be None or one of \{'dask', 'loky', 'sequential', "
+                                     r"'threading'\}\. Got 'multiprocessing' instead"),
     ({"spec": SMALL.replace(object_radius=1.5)}, "The spec cannot be generated"),
 ])
 def test_unusable_backend_or_impossible_spec_leave_no_run_dir(tmp_path, kwargs, match):
