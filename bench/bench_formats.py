@@ -6,12 +6,16 @@ For each configuration (the issue's 30,000 x 16x3x64^2 and 100,000 x
 * ``render``: in-memory ceiling, ``generate_block`` of every shard in
   ``n_jobs`` processes (joblib), into a reused buffer, nothing kept;
 * ``encode``: the same plus what a format-2 worker adds before writing
-  (sha256 of every array, zstd encoding), still nothing written;
+  (the records' checksum of every array, zstd encoding), still nothing written;
 * ``format 1`` / ``format 2``: ``trajlab.generate(spec, dir, n_jobs=N,
   format_version=F)`` in a fresh process, end to end **including
   ``os.sync()``**, so the time counts the bytes reaching the disk, not the
   page cache (this disk sustains ~316 MB/s; the page cache several GB/s).
-  The page cache is dropped before each timed run when running as root.
+  The page cache is dropped before each timed run when running as root,
+  then Python and the modules a run imports are read back in by one
+  ``import`` in a throw-away process: the run's own data starts cold, the
+  interpreter warm, as on a machine that generates datasets (cold imports
+  added 0.5-0.7 s to each run here, the same for both formats).
   Repeats are interleaved (format 1, format 2, format 1, ...); medians.
 * bytes on disk of each run dir (``du``: allocated blocks);
 * peak RSS of the whole process tree for n/10 and n samples (format 2);
@@ -55,6 +59,12 @@ def _drop_caches():
         return True
     except OSError:
         return False
+
+
+def _warm_imports():
+    subprocess.run([sys.executable, "-c", "import trajlab, trajlab.engine, trajlab.zstore, "
+                    "joblib, joblib.externals.loky, zstandard, xxhash, google_crc32c"],
+                   check=True)
 
 
 def _run(code):
@@ -107,7 +117,7 @@ def generate(n, frames, size, n_jobs, fmt, rd):
 def ceiling(n, frames, size, n_jobs, encode):
     """Render (and optionally hash + encode) every shard in n_jobs processes."""
     code = f"""
-import hashlib, time, numpy as np, trajlab
+import time, numpy as np, trajlab
 from joblib import Parallel, delayed
 from trajlab.engine import auto_shard_size
 from trajlab.storage import RunLayout
@@ -123,7 +133,7 @@ def shard(s):
     if {encode}:
         for name in lay.arrays():
             arr = np.ascontiguousarray(getattr(blk, name))
-            hashlib.sha256(arr.data).hexdigest()
+            lay.digest(arr.data)
             zstore.encode(lay, name, arr)
     return b - a
 t0 = time.perf_counter()
@@ -188,6 +198,7 @@ def main():
             for _ in range(args.repeat):
                 for fmt in (1, 2):
                     _drop_caches()
+                    _warm_imports()
                     r[fmt].append(generate(n, frames, size, args.n_jobs, fmt,
                                            os.path.join(work, f"f{fmt}")))
                     print(f"  {n:,} x {frames}x{size}^2 format {fmt}: "
