@@ -374,7 +374,7 @@ def write_task(args):
     if kind == "npy":
         from trajlab.storage import RunLayout, write_shard
 
-        rec = write_shard(root, RunLayout(spec, shard_size), shard, fsync=True)
+        rec = write_shard(root, RunLayout(spec, shard_size, 1, "sha256"), shard, fsync=True)
         rec["peak_rss"] = _peak_rss()
         return rec
     # a compressing writer keeps no raw bytes after the shard, so it renders

@@ -195,6 +195,6 @@ def write_annotation_text(run_dir, shard, text):
     layout = layout_of(run_dir)
     raw = text.encode("utf-8")
     if layout.format_version == 2:
-        raw = zstore.compress(raw)
+        raw = zstore.compress(raw, layout.zstd_level)
     with open(layout.annotations_path(str(run_dir), shard), "wb") as fh:
         fh.write(raw)

@@ -390,7 +390,7 @@ def test_recipe_commands_on_localhost(tmp_path, tmp_path_factory, recipe_cluster
     n = 1000
     proc = r.run("generate", RUN_DIR=rd, N_SAMPLES=str(n))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "(6 generated now, 0 reused)" in proc.stdout            # auto shard size: 6 shards
+    assert "(2 generated now, 0 reused)" in proc.stdout            # auto shard size: 512 clips
     ref = _loky(tmp_path_factory, DatasetSpec(n_samples=n, n_frames=16, image_size=64, seed=0),
                 "auto", "recipe-loky")
     assert tree_digest(rd) == ref[1]

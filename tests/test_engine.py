@@ -373,6 +373,26 @@ def test_unusable_backend_or_impossible_spec_leave_no_run_dir(tmp_path, kwargs, 
     assert not (tmp_path / "run").exists()
 
 
+def test_auto_shard_size_targets_96_mib_and_shrinks_when_memory_is_short(tmp_path, monkeypatch):
+    from trajlab import engine
+
+    big = DatasetSpec(n_samples=100, n_frames=16, image_size=64)
+    small = DatasetSpec(n_samples=100, n_frames=8, image_size=32)
+    monkeypatch.setattr(engine, "available_memory", lambda: 64 * 2**30)
+    assert engine.auto_shard_size(big, 2) == 512 and engine.auto_shard_size(small, 2) == 4096
+    # 64 workers in 4 GiB: each gets at most 32 MiB of working memory
+    monkeypatch.setattr(engine, "available_memory", lambda: 4 * 2**30)
+    per = engine._sample_memory(big)
+    size = engine.auto_shard_size(big, 64)
+    assert size == 2 * 2**30 // (64 * per) < 512
+    assert engine.auto_shard_size(big, 10**6) == 16              # never below 16
+    # generate picks it for a new run dir and records it
+    monkeypatch.setattr(engine, "available_memory", lambda: 2 * 40 * engine._sample_memory(SMALL))
+    res = generate(SMALL, tmp_path / "run", n_jobs=1, progress="none")
+    assert res.manifest["shard_size"] == 40 and res.shards_total == 4
+    assert json.loads((tmp_path / "run" / "spec.json").read_text())["layout"]["shard_size"] == 40
+
+
 def test_not_enough_disk_space_fails_before_any_work(tmp_path, monkeypatch):
     class Tiny:
         f_bavail, f_frsize = 10, 4096

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validation as v
-from .generator import SPLITS
+from .generator import SPLITS, array_layout
 from .progress import HEARTBEAT_RANGE, MODES, TEXT_INTERVAL_RANGE, Progress
 from .spec import DatasetSpec, Param, check_table
 from .lease import LEASE_KEY
@@ -59,10 +59,26 @@ def _is_own_leftover(run_dir, name):
     return temp_owner(name) is not None
 
 
-def auto_shard_size(spec):
-    """Samples per shard: about 96 MiB of video, between 16 and 4096."""
+def auto_shard_size(spec, workers=1):
+    """Samples per shard: about 96 MiB of video, between 16 and 4096, and
+    fewer where ``workers`` shards at once would take more than half of the
+    memory available now (a machine with many cores and little memory)."""
     per = spec.n_frames * 3 * spec.image_size ** 2
-    return int(min(4096, max(16, SHARD_TARGET_BYTES // per)))
+    size = min(4096, SHARD_TARGET_BYTES // per)
+    avail = available_memory()
+    if avail is not None and workers > 0:
+        size = min(size, avail // 2 // (workers * _sample_memory(spec)))
+    return int(max(16, size))
+
+
+def _sample_memory(spec):
+    """Bytes a worker holds per sample of its shard: frames, render and noise
+    temporaries, ground truth and its copies, text."""
+    arrays = array_layout(spec)
+    video = int(np.prod(arrays["videos"][0])) * np.dtype(arrays["videos"][1]).itemsize
+    other = sum(int(np.prod(shape)) * np.dtype(dt).itemsize
+                for name, (shape, dt) in arrays.items() if name != "videos")
+    return 3 * video + 2 * other + 4096
 
 
 @dataclass
@@ -467,7 +483,7 @@ def _finalize(run_dir, layout, doc, fsync=False):
     return manifest
 
 
-def _prepare(spec, run_dir, shard_size, format_version=None):
+def _prepare(spec, run_dir, shard_size, format_version=None, workers=1):
     """Check (read-only) what is in ``run_dir``. Returns (doc, layout, new).
 
     Only a folder with trajlab's spec.json is a run dir; a new one must be
@@ -511,7 +527,7 @@ def _prepare(spec, run_dir, shard_size, format_version=None):
         check_managed_entries(run_dir)
     from . import storage
 
-    size = auto_shard_size(spec) if shard_size == "auto" else shard_size
+    size = auto_shard_size(spec, workers) if shard_size == "auto" else shard_size
     layout = RunLayout(spec, size, storage.FORMAT_VERSION if format_version is None
                        else format_version, storage.CHECKSUM, storage.zstore.ZSTD_LEVEL)
     v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
@@ -670,7 +686,8 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
     n_jobs, shard_size = checked["n_jobs"], checked["shard_size"]
     fmt = checked["format_version"]
     heartbeat, text_interval = checked["heartbeat"], checked["text_interval"]
-    doc, layout, new = _prepare(spec, run_dir, shard_size, fmt)
+    workers = _workers(n_jobs, backend, scheduler)
+    doc, layout, new = _prepare(spec, run_dir, shard_size, fmt, workers)
     t0 = time.perf_counter()
     if not new and not verify and _is_complete(run_dir, layout):
         # read-only fast path: a finished run is left untouched (not even the lock)
@@ -694,7 +711,7 @@ def generate(spec, run_dir, *, n_jobs=None, shard_size="auto", progress="auto", 
     with RunLock(run_dir):
         # again under the lock: another writer may have created the run dir
         # between the first look and the lock
-        doc, layout, new = _prepare(spec, run_dir, shard_size, fmt)
+        doc, layout, new = _prepare(spec, run_dir, shard_size, fmt, workers)
         if new:
             from . import __version__
 
@@ -884,11 +901,7 @@ def _check_memory(layout, n_jobs, backend, scheduler):
     """Refuse a spec whose shards would not fit in memory (before the probe,
     which itself generates a few samples in this process)."""
     spec = layout.spec
-    arrays = layout.arrays()
-    video = arrays["videos"][4]
-    other = sum(per for name, (_f, _s, _d, _h, per) in arrays.items() if name != "videos")
-    # frames + render and noise temporaries, ground truth and its copies, text
-    per_sample = 3 * video + 2 * other + 4096
+    per_sample = _sample_memory(spec)
     probe = min(spec.n_samples, max(8, 4 * spec.n_classes)) * per_sample
     shard = min(layout.shard_size, spec.n_samples) * per_sample
     workers = _workers(n_jobs, backend, scheduler)

@@ -1106,7 +1106,7 @@ def check_record(rec, layout, shard):
     names = set(layout.arrays()) | {"annotations"}
     if not isinstance(sums, dict) or set(sums) != names:
         return f"{key} does not list every array and the annotations"
-    if not all(isinstance(x, str) and len(x) == digits and _HEX.match(x)
+    if not all(isinstance(x, str) and len(x) == digits and _HEX.fullmatch(x)
                for x in sums.values()):
         return f"{key} holds a value that is not {digits} hex digits"
     classes = layout.spec.classes

@@ -15,8 +15,8 @@ shard ``K``, written whole by the worker that generated the shard:
 
 zstd writes the decoded size and an XXH64 checksum of the decoded bytes
 into every frame, so a flipped or truncated byte fails the decode of the
-clip it lands in; the completion records keep the sha256 of each array's
-decoded shard slice, as in format 1 (the same spec gives the same records
+clip it lands in; the completion records keep the checksum (xxh3_128, or
+sha256 in older run dirs) of each array's decoded shard slice, as in format 1 (the same spec gives the same records
 and manifest digest in both formats).
 
 Any zarr v3 reader opens ``run_dir/data`` (zarr-python, tensorstore,
