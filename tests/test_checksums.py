@@ -148,20 +148,6 @@ def test_a_damaged_record_checksum_is_refused(pair, tmp_path, edit, match):
     assert [b[:2] for b in report["bad"]] == [(1, "record")]
 
 
-def test_an_unknown_checksum_in_spec_json_is_refused_with_the_choices(pair, tmp_path):
-    rd = tmp_path / "rd"
-    shutil.copytree(pair[0], rd)
-    doc = json.loads((rd / "spec.json").read_text())
-    doc["layout"]["checksum"] = "md5"
-    (rd / "spec.json").write_text(json.dumps(doc))
-    with pytest.raises(RunDirError, match=r"'layout.checksum' parameter .* must be one of "
-                                          r"\['sha256', 'xxh3_128'\].*Got 'md5'"):
-        load_layout(str(rd))
-    with pytest.raises(RunDirError, match="layout.checksum"):
-        generate(SPEC, rd, n_jobs=1, progress="none")
-    assert json.loads((rd / "spec.json").read_text())["layout"]["checksum"] == "md5"
-
-
 def _zstd_levels(rd):
     """The zstd level the zarr.json of every array names."""
     out = set()
@@ -203,14 +189,22 @@ def test_format2_levels_are_recorded_and_kept_on_resume(pair, tmp_path):
     assert verify_run(str(rd))["ok"]
 
 
-def test_an_unknown_codec_in_spec_json_is_refused_with_the_choices(pair, tmp_path):
-    if load_layout(str(pair[0]))[1].format_version != 2:
+@pytest.mark.parametrize("key,value,choices", [
+    ("checksum", "md5", r"\['sha256', 'xxh3_128'\]"),
+    ("codec", "zstd-3", r"\['zstd-1', 'zstd-fast1'\]"),
+])
+def test_an_unknown_checksum_or_codec_in_spec_json_is_refused_untouched(pair, tmp_path, key,
+                                                                         value, choices):
+    if key == "codec" and load_layout(str(pair[0]))[1].format_version != 2:
         pytest.skip("format 1 has no codec")
     rd = tmp_path / "rd"
     shutil.copytree(pair[0], rd)
     doc = json.loads((rd / "spec.json").read_text())
-    doc["layout"]["codec"] = "zstd-3"
+    doc["layout"][key] = value
     (rd / "spec.json").write_text(json.dumps(doc))
-    with pytest.raises(RunDirError, match=r"'layout.codec' parameter .* must be one of "
-                                          r"\['zstd-1', 'zstd-fast1'\].*Got 'zstd-3'"):
+    with pytest.raises(RunDirError, match=rf"'layout.{key}' parameter .* must be one of "
+                                          rf"{choices}.*Got '{value}'"):
         load_layout(str(rd))
+    with pytest.raises(RunDirError, match=f"layout.{key}"):
+        generate(SPEC, rd, n_jobs=1, progress="none")
+    assert json.loads((rd / "spec.json").read_text())["layout"][key] == value
