@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import xxhash
 
 from . import _validation as v
 from . import zstore
@@ -92,15 +93,10 @@ def sha256_bytes(buf):
     return hashlib.sha256(buf).hexdigest()
 
 
-def _xxh3_128(buf):
-    import xxhash
-    return xxhash.xxh3_128_hexdigest(buf)
-
-
 #: The checksums a completion record can hold, ``{name: (function, hex
 #: digits)}``; the record keeps them under the key ``name``. Each is of the
 #: decoded bytes of one array's shard slice (and of the annotation text).
-CHECKSUMS = {"sha256": (sha256_bytes, 64), "xxh3_128": (_xxh3_128, 32)}
+CHECKSUMS = {"sha256": (sha256_bytes, 64), "xxh3_128": (xxhash.xxh3_128_hexdigest, 32)}
 #: The checksum of new run dirs. xxh3_128 (the xxhash library) finds a
 #: flipped or truncated byte as surely as sha256 for what it is used for
 #: (accidental damage: 128 bits), at 8 us instead of 125 us per 16x64^2

@@ -16,8 +16,9 @@ shard ``K``, written whole by the worker that generated the shard:
 zstd writes the decoded size and an XXH64 checksum of the decoded bytes
 into every frame, so a flipped or truncated byte fails the decode of the
 clip it lands in; the completion records keep the checksum (xxh3_128, or
-sha256 in older run dirs) of each array's decoded shard slice, as in format 1 (the same spec gives the same records
-and manifest digest in both formats).
+sha256 in older run dirs) of each array's decoded shard slice, as in
+format 1 (the same spec gives the same records and manifest digest in both
+formats).
 
 Any zarr v3 reader opens ``run_dir/data`` (zarr-python, tensorstore,
 ``dask.array.from_zarr``, xarray); trajlab writes and reads the objects
@@ -81,11 +82,11 @@ _LOCAL = threading.local()
 
 
 def codec_name(level):
-    """The ``codec`` entry of a layout at zstd ``level``."""
-    return f"zstd-{level}" if level > 0 else f"zstd-fast{-level}"
+    """The ``codec`` entry of a layout at zstd ``level`` (one of :data:`CODECS`)."""
+    return next(name for name, lvl in CODECS.items() if lvl == level)
 
 
-def compress(buf, level=ZSTD_LEVEL):
+def compress(buf, level):
     """zstd frame at ``level`` with the decoded size and a content checksum."""
     cctxs = getattr(_LOCAL, "cctxs", None)
     if cctxs is None:
