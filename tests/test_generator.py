@@ -227,6 +227,68 @@ def test_batched_streams_are_the_one_at_a_time_streams(seed):
     assert sample_rngs(seed, np.zeros(0, dtype=np.int64)) == []
 
 
+@pytest.mark.parametrize("seed", EDGE_SEEDS)
+def test_pcg64_lanes_are_numpys_pcg64(seed):
+    # generate_samples draws its uniforms from PCG64 run in lanes: each lane
+    # must give numpy's PCG64 doubles bit for bit, over uneven draws of row
+    # subsets, and hand back a numpy Generator at the same stream position
+    import trajlab.generator as g
+
+    indices = np.array(EDGE_INDICES + list(range(100, 120)), dtype=np.int64)
+    lanes = g._lanes(seed, indices)
+    refs = [sample_rng(seed, i) for i in indices.tolist()]
+    for rows, k in ((np.arange(len(indices)), 19), (np.arange(0, len(indices), 3), 7),
+                    (np.array([1, 4, 5]), 1), (np.arange(len(indices)), 19)):
+        got = lanes.random(rows, k)
+        assert got.shape == (len(rows), k) and got.dtype == np.float64
+        for row, values in zip(rows.tolist(), got):
+            np.testing.assert_array_equal(values, refs[row].random(k))
+    for rng, ref in zip(lanes.generators(), refs):
+        np.testing.assert_array_equal(rng.standard_normal(4), ref.standard_normal(4))
+        np.testing.assert_array_equal(rng.random(3), ref.random(3))
+
+
+class _NumpyLanes:
+    """The contract of generator._PCG64Lanes, served by numpy Generators."""
+
+    def __init__(self, seed, indices):
+        self.rngs = sample_rngs(seed, indices)
+
+    def random(self, rows, k):
+        return np.stack([self.rngs[r].random(k) for r in np.asarray(rows).tolist()])
+
+    def generators(self):
+        return self.rngs
+
+
+@pytest.mark.parametrize("options", [{}, {"pixel_noise": 4.0}, {"min_motion": 0.06},
+                                     {"style": "trail", "object_color": "random"}], ids=str)
+def test_generation_with_pcg64_lanes_is_generation_with_numpy_generators(monkeypatch, options):
+    # the same bytes as drawing every uniform from a numpy Generator per
+    # sample, also where samples are redrawn (attempts > 1) and where the
+    # pixel noise continues each stream after the lanes' uniforms
+    import trajlab.generator as g
+
+    spec = DatasetSpec(n_samples=120, n_frames=8, image_size=32, seed=3, **options)
+    fast = g.generate_block(spec, 0, 120)
+    monkeypatch.setattr(g, "_lanes", _NumpyLanes)
+    ref = g.generate_block(spec, 0, 120)
+    if "min_motion" in options:
+        assert fast.attempts.max() > 1
+    for name in g.Block.ARRAYS:
+        np.testing.assert_array_equal(getattr(fast, name), getattr(ref, name), err_msg=name)
+    assert fast.annotations(spec) == ref.annotations(spec)
+
+
+def test_pcg64_lanes_refuse_a_pcg64_they_do_not_reproduce(monkeypatch):
+    import trajlab.generator as g
+
+    m_lo, m_hi, lo_lo, lo_hi = g._PCG64Lanes._M
+    monkeypatch.setattr(g._PCG64Lanes, "_M", (m_lo, m_hi ^ np.uint64(4), lo_lo, lo_hi))
+    with pytest.raises(RuntimeError, match="PCG64 or SeedSequence differs"):
+        generate_block(DatasetSpec(n_samples=4), 0, 4)
+
+
 def test_label_permutations_use_their_own_seed_sequences():
     spec = DatasetSpec(n_samples=100, classes=("linear", "circular", "helical"), seed=2**32 + 9)
     blocks = [0, 1, 2**32 // 3, 2**33]

@@ -158,6 +158,112 @@ def _streams(seed, key_prefix, last):
     return [np.random.Generator(np.random.PCG64(_PCG64Words(w))) for w in words]
 
 
+# PCG64 (XSL-RR 128/64, numpy's default bit generator) run in lanes, one
+# lane per sample. Building one ``Generator(PCG64(...))`` per sample costs
+# ~15 us (numpy 2.4, this machine: every BitGenerator allocates a lock and
+# a capsule), a third of generate_block at 8x32^2, and drawing 19 uniforms
+# from each of them one by one another ~2 us. The uniforms are only
+# ``(next64 >> 11) * 2**-53``, and next64 is a 128-bit LCG step followed by
+# an xor-shift and a rotation: uint64 arithmetic that vectorises over
+# samples. Every batch checks its first lane against numpy's own PCG64, so
+# a numpy whose algorithm differed would fail loudly instead of changing
+# bytes.
+_PCG_MULT_HI, _PCG_MULT_LO = 2549297995355413924, 4865540595714422341
+_U64 = np.uint64
+_LO32 = _U64(_M32)
+
+
+def _mul_hi64(a, b_lo, b_hi):
+    """High 64 bits of ``a * b`` (uint64 array times a constant split in
+    32-bit halves ``b_lo``, ``b_hi``), exact with 64-bit products only."""
+    a_lo, a_hi = a & _LO32, a >> _U64(32)
+    p00, p01 = a_lo * b_lo, a_lo * b_hi
+    p10, p11 = a_hi * b_lo, a_hi * b_hi
+    mid = (p00 >> _U64(32)) + (p01 & _LO32) + (p10 & _LO32)
+    return p11 + (p01 >> _U64(32)) + (p10 >> _U64(32)) + (mid >> _U64(32))
+
+
+class _PCG64Lanes:
+    """The uniform streams of many PCG64 generators at once.
+
+    ``_PCG64Lanes(words).random(rows, k)`` gives, for each lane in ``rows``,
+    the next ``k`` values of ``Generator(PCG64(_PCG64Words(words[lane])))
+    .random(k)``, bit for bit, and advances those lanes. Only uniform
+    doubles are provided; :meth:`generators` hands back numpy Generators at
+    the lanes' current positions for anything else (normals).
+    """
+
+    _M = (_U64(_PCG_MULT_LO), _U64(_PCG_MULT_HI),
+          _U64(_PCG_MULT_LO & _M32), _U64(_PCG_MULT_LO >> 32))
+
+    def __init__(self, words):
+        words = np.asarray(words, dtype=np.uint64).reshape(-1, 4)
+        self.words = words
+        # pcg64_set_seed: state = words[0:2], inc = words[2:4] (high word
+        # first); srandom: inc = 2 * initseq + 1, state = 0, step, state +=
+        # initstate, step
+        self.inc_hi = (words[:, 2] << _U64(1)) | (words[:, 3] >> _U64(63))
+        self.inc_lo = (words[:, 3] << _U64(1)) | _U64(1)
+        self.hi = np.zeros(len(words), dtype=np.uint64)
+        self.lo = np.zeros(len(words), dtype=np.uint64)
+        self.drawn = np.zeros(len(words), dtype=np.int64)
+        rows = np.arange(len(words))
+        hi, lo = self._step(self.hi, self.lo, rows)
+        lo2 = lo + words[:, 1]
+        hi = hi + words[:, 0] + (lo2 < lo).astype(np.uint64)
+        self.hi, self.lo = self._step(hi, lo2, rows)
+
+    def _step(self, hi, lo, rows):
+        """``state * M + inc`` mod 2**128 for the lanes ``rows``."""
+        m_lo, m_hi, m_lo_lo, m_lo_hi = self._M
+        new_hi = _mul_hi64(lo, m_lo_lo, m_lo_hi) + lo * m_hi + hi * m_lo
+        new_lo = lo * m_lo
+        out_lo = new_lo + self.inc_lo[rows]
+        out_hi = new_hi + self.inc_hi[rows] + (out_lo < new_lo).astype(np.uint64)
+        return out_hi, out_lo
+
+    def random(self, rows, k):
+        """(len(rows), k) float64: the next ``k`` uniforms of each lane in ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        hi, lo = self.hi[rows], self.lo[rows]
+        out = np.empty((len(rows), k), dtype=np.uint64)
+        for j in range(k):
+            hi, lo = self._step(hi, lo, rows)
+            value = hi ^ lo
+            rot = hi >> _U64(58)
+            out[:, j] = (value >> rot) | (value << ((_U64(64) - rot) & _U64(63)))
+        self.hi[rows], self.lo[rows] = hi, lo
+        self.drawn[rows] += k
+        u = (out >> _U64(11)).astype(np.float64)
+        u *= 1.0 / 9007199254740992.0
+        return u
+
+    def generators(self):
+        """numpy Generators at the lanes' current positions, a list."""
+        out = []
+        for w, drawn in zip(self.words, self.drawn.tolist()):
+            bitgen = np.random.PCG64(_PCG64Words(w))
+            bitgen.advance(drawn)
+            out.append(np.random.Generator(bitgen))
+        return out
+
+
+def _lanes(seed, indices):
+    """:class:`_PCG64Lanes` of samples ``indices``; checks lane 0 against numpy."""
+    words = _seed_words(seed, (), indices)
+    lanes = _PCG64Lanes(words)
+    if len(words):
+        ref = np.random.Generator(np.random.PCG64(_PCG64Words(words[0]))).random(2)
+        probe = _PCG64Lanes(words[:1]).random([0], 2)[0]
+        if not np.array_equal(ref, probe) or not np.array_equal(
+                words[0], np.random.SeedSequence(seed, spawn_key=(int(indices[0]),))
+                .generate_state(4, np.uint64)):
+            raise RuntimeError("this numpy's PCG64 or SeedSequence differs from the "
+                               "algorithm trajlab.generator vectorises; sample streams "
+                               "would change")
+    return lanes
+
+
 def sample_rngs(seed, indices):
     """The random streams of samples ``indices``, a list: ``sample_rng(seed, i)`` each."""
     return _streams(seed, (), np.asarray(indices, dtype=np.int64).reshape(-1))
@@ -367,7 +473,14 @@ def generate_samples(spec, indices, videos_out=None):
            if k not in ("videos", "labels", "splits")}
     params = [None] * n
     rejections = {name: 0 for name in spec.classes}
-    rngs = sample_rngs(spec.seed, indices)
+    # uniforms from PCG64 lanes; numpy Generators only where normals are
+    # drawn (position jitter between attempts: all along; pixel noise: at
+    # the end, from where the lanes stopped)
+    jitter = spec.position_jitter > 0
+    if jitter:
+        rngs = sample_rngs(spec.seed, indices)
+    else:
+        lanes = _lanes(spec.seed, indices)
     camspec = spec.camera
     margin = spec.margin_px
     min_step = spec.min_motion * S
@@ -383,9 +496,11 @@ def generate_samples(spec, indices, videos_out=None):
                 "trajectory fits in the frame under this spec. Enlarge the camera "
                 "distance or field of view, or reduce object_radius / margin_px / "
                 "min_motion.")
-        U = np.stack([rngs[k].random(_N_DRAW) for k in pending])
-        if spec.position_jitter > 0:
+        if jitter:
+            U = np.stack([rngs[k].random(_N_DRAW) for k in pending])
             J = np.stack([rngs[k].standard_normal((T, 3)) for k in pending])
+        else:
+            U = lanes.random(pending, _N_DRAW)
         eye = cam.orbit_eye(lerp(U[:, 0], camspec.distance), lerp(U[:, 1], camspec.azimuth_deg),
                             lerp(U[:, 2], camspec.elevation_deg))
         R, t = cam.look_at(eye)
@@ -408,7 +523,7 @@ def generate_samples(spec, indices, videos_out=None):
                        else list(x.copy()) for x in p.values()]
             for k, values in zip(pending[sel].tolist(), zip(*columns)):
                 params[k] = dict(zip(keys, values))
-        if spec.position_jitter > 0:
+        if jitter:
             pos = pos + spec.position_jitter * J
         pix, depth = cam.project(pos, K, R, t)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -442,6 +557,8 @@ def generate_samples(spec, indices, videos_out=None):
     videos = render(arr["pixels"], arr["radius"], arr["colors"], spec.background_color, S,
                     spec.style, spec.trail_length, spec.trail_decay, out=videos_out)
     if spec.pixel_noise > 0:
+        if not jitter:
+            rngs = lanes.generators()
         for k in range(n):
             noise = rngs[k].standard_normal(videos.shape[1:], dtype=np.float32)
             noisy = videos[k].astype(np.float32) + np.float32(spec.pixel_noise) * noise
