@@ -132,7 +132,7 @@ def shard(s):
     blk = generate_block(spec, a, b, videos_out=buf[:b - a])
     if {encode}:
         for name in lay.arrays():
-            arr = np.ascontiguousarray(getattr(blk, name))
+            arr = np.ascontiguousarray(blk.array(name))
             lay.digest(arr.data)
             zstore.encode(lay, name, arr)
     return b - a

@@ -187,6 +187,18 @@ def read_annotation_text(run_dir, shard):
     return raw.decode("utf-8")
 
 
+def rewrite_params(run_dir, shard, change):
+    """Replace a shard's parameter matrix (layout.annotations 'params') by
+    ``change(rows)`` of a copy, stored well-formed as trajlab would."""
+    from trajlab import zstore
+
+    layout = layout_of(run_dir)
+    rows = zstore.read_shard(str(run_dir), layout, "params", shard).copy()
+    change(rows)
+    with open(zstore.object_path(str(run_dir), layout, "params", shard), "wb") as fh:
+        fh.write(zstore.encode(layout, "params", rows))
+
+
 def write_annotation_text(run_dir, shard, text):
     """Replace a shard's annotations by ``text`` (well-formed storage: format
     2 compresses it as trajlab does)."""

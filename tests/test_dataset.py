@@ -7,7 +7,8 @@ import pytest
 
 from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_dataset
 
-from _util import FORMATS, read_annotation_text, write_annotation_text
+from _util import (FORMATS, damage_sample, layout_of, read_annotation_text, rewrite_params,
+                   write_annotation_text)
 
 
 @pytest.fixture(params=FORMATS, ids=lambda f: f"format{f}")
@@ -23,8 +24,11 @@ def test_annotations_match_generator_and_are_verified(run):
     _, _, ann = make_trajectories(40, spec=spec, return_annotations=True)
     ds = open_dataset(rd)
     assert list(ds.annotations()) == ann["records"]
-    text = read_annotation_text(rd, 2)
-    write_annotation_text(rd, 2, text.replace('"split": "train"', '"split": "test"', 1))
+    if layout_of(rd).annotations == "jsonl":
+        text = read_annotation_text(rd, 2)
+        write_annotation_text(rd, 2, text.replace('"split": "train"', '"split": "test"', 1))
+    else:       # the records are made from the parameters: one of them changed
+        damage_sample(rd, "params", 25, byte=0)
     ds = open_dataset(rd)
     assert ds.annotation(5)["index"] == 5                  # other shards still readable
     with pytest.raises(RunDirError, match="annotations are corrupted"):
@@ -332,18 +336,41 @@ def test_damaged_manifest_fails_verify_and_is_rebuilt_by_repair(copy, pristine, 
 
 
 def test_full_verification_checks_annotations(copy):
-    text = read_annotation_text(copy, 1)
-    write_annotation_text(copy, 1, text.replace('"split": "train"', '"split": "test"', 1))
-    with pytest.raises(RunDirError, match="annotations"):
+    if layout_of(copy).annotations == "jsonl":
+        text = read_annotation_text(copy, 1)
+        write_annotation_text(copy, 1, text.replace('"split": "train"', '"split": "test"', 1))
+        where = "annotations"
+    else:
+        damage_sample(copy, "params", 9, byte=3)
+        where = "checksum mismatch in data/params"
+    with pytest.raises(RunDirError, match=where):
         open_dataset(copy, verify="full")
 
 
 def test_malformed_annotations_raise_run_dir_error_even_unverified(copy):
-    lines = read_annotation_text(copy, 1).splitlines(keepends=True)
-    write_annotation_text(copy, 1, "".join(lines[:1] + ["{oops\n"] + lines[2:]))
+    if layout_of(copy).annotations == "jsonl":
+        lines = read_annotation_text(copy, 1).splitlines(keepends=True)
+        write_annotation_text(copy, 1, "".join(lines[:1] + ["{oops\n"] + lines[2:]))
+        where = r"annotations/00001.jsonl.*line 2"
+    else:     # a used parameter that is not finite: not what trajlab writes
+        rewrite_params(copy, 1, lambda rows: rows.__setitem__((1, 0), np.nan))
+        where = r"parameters of shard 1 .*sample 9 has parameters that are not finite"
     ds = open_dataset(copy, verify="none")
-    with pytest.raises(RunDirError, match=r"annotations/00001.jsonl.*line 2"):
+    with pytest.raises(RunDirError, match=where):
         ds.annotation(9)
+    assert ds.annotation(17)["index"] == 17          # other shards still readable
+
+
+def test_params_in_a_column_their_class_does_not_use_are_refused(copy):
+    if layout_of(copy).annotations == "jsonl":
+        pytest.skip("the run dir keeps JSON lines")
+    ds = open_dataset(copy, verify="none")
+    k = next(i for i in range(8, 16) if ds.annotation(i)["class"] == "linear")
+    rewrite_params(copy, 1, lambda rows: rows.__setitem__((k - 8, 6), 0.25))  # linear uses 0..5
+    ds = open_dataset(copy, verify="none")
+    with pytest.raises(RunDirError, match=f"sample {k} has parameters .* columns its class "
+                                          "does not use"):
+        ds.annotation(k)
 
 
 # ------------------------------------------------------------ bad arguments

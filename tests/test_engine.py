@@ -21,7 +21,7 @@ from trajlab.engine import _finalize, find_bad_shards
 from trajlab.storage import RunLayout, load_layout, write_json_atomic, write_shard
 
 from _util import (FORMATS, alive, array_file, damage_sample, default_sigint, descendants,
-                   run_cli, snapshot, tree_digest)
+                   layout_of, run_cli, snapshot, tree_digest)
 
 SMALL = DatasetSpec(n_samples=150, n_frames=8, image_size=16, seed=7)
 
@@ -173,7 +173,11 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, kill_reference, kill_af
     kept = {r: open(rd / "shards" / r).read() for r in _records(rd)}
     # shards whose bytes were (being) written but not recorded: at most those
     # in flight (joblib dispatches 2 * n_jobs ahead, plus the n_jobs running)
-    ann = {f.split(".")[0] for f in os.listdir(rd / "annotations")} if kill_after else set()
+    if layout_of(rd).annotations == "jsonl":
+        ann = {f.split(".")[0] for f in os.listdir(rd / "annotations")} if kill_after else set()
+    else:   # the last object a worker writes for a shard: its parameter matrix
+        ann = {f"{int(f.split('.')[1]):05d}" for f in os.listdir(rd / "data" / "params")
+               if f.startswith("c.")} if kill_after else set()
     in_flight = ann - {r.split(".")[0] for r in kept}
     assert len(in_flight) <= 3 * 2
     # the killed run is reported as stalled (its pid is gone)
@@ -614,7 +618,9 @@ def test_symlinked_lock_target_is_never_touched(fresh_run, tmp_path, action):
 def test_symlinked_folder_is_refused(fresh_run, tmp_path, folder):
     import shutil
 
-    elsewhere = tmp_path / f"elsewhere-{folder}"
+    if folder == "annotations" and layout_of(fresh_run).annotations == "params":
+        folder = "data/params"          # no annotation files: the array they come from
+    elsewhere = tmp_path / f"elsewhere-{folder.replace('/', '-')}"
     shutil.move(fresh_run / folder, elsewhere)
     os.symlink(elsewhere, fresh_run / folder)
     os.remove(elsewhere / sorted(os.listdir(elsewhere))[3])
@@ -713,10 +719,15 @@ def test_resume_removes_only_temporary_files_trajlab_made(fresh_run, reference):
     os.remove(rd / "shards" / "00003.json")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    ours = [f"annotations/.00003.jsonl.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d",
+    # the last object a worker writes for a shard: its annotations, or (no
+    # annotation files) its parameter matrix
+    last = ("annotations/00003.jsonl" if layout_of(rd).annotations == "jsonl"
+            else "data/params/c.3.0")
+    folder, name = last.rsplit("/", 1)
+    ours = [f"{folder}/.{name}.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d",
             f"shards/.00003.json.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d",
             f".progress.json.trajlab-tmp.{storage.HOST}.{dead.pid}.0badf00d"]
-    theirs = ["draft.tmp-backup", "annotations/00003.jsonl.tmp-999", "shards/notes.tmp-1",
+    theirs = ["draft.tmp-backup", f"{last}.tmp-999", "shards/notes.tmp-1",
               "my-notes.txt"]
     for junk in ours + theirs:
         (rd / junk).write_text("half written")

@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _util import (FORMATS, array_file, damage_sample, default_sigint, read_annotation_text,
+from _util import (FORMATS, array_file, damage_sample, default_sigint, layout_of, read_annotation_text,
                    small_run, write_annotation_text)
 
 import trajlab
@@ -257,11 +257,15 @@ def test_corrupted_videos_raise_and_write_nothing(run_copy, tmp_path, fmt):
 
 
 def test_corrupted_annotations_raise(run_copy, tmp_path):
-    text = read_annotation_text(run_copy, 1)
-    text = text[:30] + ("X" if text[30] != "X" else "Y") + text[31:]   # valid UTF-8, maybe JSON
-    write_annotation_text(run_copy, 1, text)
-    with pytest.raises(RunDirError, match=r"Shard 1 of .* annotations file changed \(checksum "
-                                          r"mismatch\)"):
+    if layout_of(run_copy).annotations == "jsonl":
+        text = read_annotation_text(run_copy, 1)
+        text = text[:30] + ("X" if text[30] != "X" else "Y") + text[31:]   # valid UTF-8
+        write_annotation_text(run_copy, 1, text)
+        where = r"annotations file changed \(checksum mismatch\)"
+    else:       # the parameters the annotations are made from
+        damage_sample(run_copy, "params", 9, byte=1)
+        where = r"checksum mismatch in data/params \(samples 8..15\)"
+    with pytest.raises(RunDirError, match=r"Shard 1 of .* " + where):
         export(run_copy, tmp_path / "x.npz")
 
 

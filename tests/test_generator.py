@@ -144,7 +144,7 @@ def test_prefix_of_n_equals_dataset_of_k(seed, fields):
         assert (small[2]["attempts"] > 1).any()             # redraws are exercised
     for chunk in (256, 16, 7, 1):
         v, lab, ann = make_trajectories(n, spec=spec, return_annotations=True, chunk_size=chunk)
-        prefix = (v[:k], lab[:k], {key: (val[:k] if key in ARRAYS else val)
+        prefix = (v[:k], lab[:k], {key: (val[:k] if key in (*ARRAYS, "params") else val)
                                    for key, val in ann.items()})
         prefix[2]["records"] = ann["records"][:k]
         _assert_same(small, prefix)

@@ -19,6 +19,7 @@ import pytest
 
 import trajlab
 from trajlab import DatasetSpec, RunDirError, generate, open_dataset, verify_run, zstore
+from trajlab.generator import n_param_columns
 from trajlab.storage import load_layout
 
 from _util import small_run
@@ -94,8 +95,12 @@ def test_compressed_dataset_is_small_and_the_manifest_says_how_small(run):
     ds = open_dataset(run["dir"])
     m = ds.manifest
     assert m["format_version"] == 2 and m["store"] == "zarr-v3" and m["codec"] == "zstd-fast1"
+    # every array, and the parameter matrix the annotations are made from
+    width = n_param_columns(ds.spec)
+    assert ds.layout.annotations == "params" and np.asarray(ds.params).shape == (30, width)
     assert m["raw_bytes"] == sum(a.nbytes for a in _arrays(run).values()) \
-        + np.asarray(ds.attempts).nbytes
+        + np.asarray(ds.attempts).nbytes + np.asarray(ds.params).nbytes
+    assert m["stored_bytes"]["params"] > 0 and "annotations" not in m["stored_bytes"]
     assert m["stored_bytes"]["videos"] * 10 < run["videos"].nbytes
     assert m["compression_ratio"] == round(m["raw_bytes"] / m["stored_bytes"]["total"], 1)
 

@@ -292,11 +292,14 @@ def _disk_line(layout, manifest):
         total = sum(f["bytes"] for f in manifest["files"].values())
         return f"{_megabytes(total)} of raw .npy arrays (format 1, uncompressed)"
     sb = manifest["stored_bytes"]
+    # annotations: the JSON lines, or (layout.annotations 'params') the
+    # parameter array they are made from
+    ann = sb["annotations"] if layout.annotations == "jsonl" else sb["params"]
     return (f"{_megabytes(sb['total'])} ({manifest['codec']}, {manifest['store']}), "
             f"{_megabytes(manifest['raw_bytes'])} decoded: {manifest['compression_ratio']}x "
             f"smaller; videos {_megabytes(sb['videos'])}, annotations "
-            f"{_megabytes(sb['annotations'])}, other arrays "
-            f"{_megabytes(sb['total'] - sb['videos'] - sb['annotations'])}")
+            f"{_megabytes(ann)}{'' if layout.annotations == 'jsonl' else ' (parameters)'}, "
+            f"other arrays {_megabytes(sb['total'] - sb['videos'] - ann)}")
 
 
 def _cmd_export(args):

@@ -266,7 +266,10 @@ def _probe_run_dir(path):
               if doc.get("format_version") == 1 else
               all(os.access(os.path.join(path, "data", name), os.W_OK | os.X_OK)
                   for name in doc["layout"]["arrays"]))
-        out["writable"] = ok and os.access(os.path.join(path, "annotations"), os.W_OK | os.X_OK)
+        # annotation files exist only in run dirs that keep them as JSON lines
+        out["writable"] = ok and (doc["layout"].get("annotations", "jsonl") != "jsonl"
+                                  or os.access(os.path.join(path, "annotations"),
+                                               os.W_OK | os.X_OK))
     except OSError as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out

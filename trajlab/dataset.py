@@ -26,7 +26,7 @@ from . import _validation as v
 from .generator import SPLITS
 from .storage import (MANIFEST_FILE, RunDirError, build_manifest, check_array_file,
                       check_managed_entries, check_shard_data, compare_manifest, load_layout,
-                      open_array, parse_annotations, probe_problem, read_annotations_bytes,
+                      open_array, probe_problem, read_shard_records,
                       is_remote, listed_sizes, read_manifest, read_record, remote_run_dir)
 
 __all__ = ["open_dataset", "TrajectoryData", "verify_run"]
@@ -233,14 +233,9 @@ class TrajectoryData:
     def _shard_annotations(self, shard, check=False):
         if self._ann_cache is not None and self._ann_cache[0] == shard:
             return self._ann_cache[1]
-        raw = read_annotations_bytes(self.run_dir, self.layout, shard)
-        if (check or self.verify_mode != "none") and \
-                self.layout.digest(raw) != self._record(shard)[self.layout.checksum]["annotations"]:
-            path = self.layout.annotations_path(self.run_dir, shard)
-            raise RunDirError(
-                f"Checksum mismatch in {path!r} (shard {shard}): the annotations are corrupted. "
-                "Run `trajlab verify --repair` then `trajlab generate` on the run dir.")
-        recs = parse_annotations(raw, self.layout, shard, self.run_dir)
+        sums = self._record(shard)[self.layout.checksum] \
+            if check or self.verify_mode != "none" else None
+        recs = read_shard_records(self.run_dir, self.layout, shard, sums)
         self._ann_cache = (shard, recs)
         return recs
 

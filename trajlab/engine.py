@@ -359,7 +359,7 @@ def _repair_files(run_dir, layout):
             os.close(fd)
         valid = max(0, (min(size, full) - hlen) // per) if size >= hlen else 0
         lost.update(s for s in range(layout.n_shards) if layout.shard_range(s)[1] > valid)
-    make_dirs(run_dir)
+    make_dirs(run_dir, layout.folders)
     # temporary files of writers killed between write and os.replace
     for d in (".", SHARDS_DIR, ANNOTATIONS_DIR):
         remove_stale_temps(os.path.join(run_dir, d))
@@ -387,7 +387,7 @@ def _repair_store(run_dir, layout):
             continue
         write_bytes_atomic(path, zstore.document_bytes(doc))
         rebuilt.append(f"{rel}: rewritten ({'it was missing' if reason == 'missing' else 'it differed from what trajlab writes'})")
-    make_dirs(run_dir)
+    make_dirs(run_dir, layout.folders)
     for d in (".", SHARDS_DIR, ANNOTATIONS_DIR, zstore.STORE_DIR,
               *(f for f, *_r in layout.arrays().values())):
         remove_stale_temps(os.path.join(run_dir, d))
@@ -459,7 +459,7 @@ def _is_complete_now(run_dir, layout):
             if rec is None or stored_size_problem(run_dir, layout, s, rec) is not None:
                 return False
     if not is_remote(run_dir) and not all(
-            os.path.isdir(os.path.join(run_dir, d)) for d in (SHARDS_DIR, ANNOTATIONS_DIR)):
+            os.path.isdir(os.path.join(run_dir, d)) for d in layout.folders):
         return False
     return _manifest_ok(run_dir, layout)
 

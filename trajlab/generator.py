@@ -36,6 +36,7 @@ from .spec import DatasetSpec, check_fields
 from .trajectories import N_UNIFORMS, REGISTRY, Context, lerp
 
 __all__ = ["make_trajectories", "generate_block", "generate_samples", "probe_digest", "Block",
+           "param_columns", "n_param_columns", "annotation_records",
            "sample_rng", "sample_rngs", "labels_for", "labels_at", "splits_for", "splits_at",
            "split_phases", "SPLITS", "NEAR_PLANE"]
 
@@ -365,33 +366,88 @@ class Block:
     rejections: dict = field(default_factory=dict)
     #: sample index of each row (``start..stop-1`` for a contiguous block)
     indices: np.ndarray = None
+    #: (n, P) float64: each sample's class parameters laid out by
+    #: :func:`param_columns`, NaN in the columns its class does not use
+    param_matrix: np.ndarray = None
 
     #: names of the per-sample numeric arrays, in storage order
     ARRAYS = ("videos", "labels", "splits", "positions", "pixels", "depth", "radius",
               "K", "R", "t", "colors", "attempts")
 
+    def array(self, name):
+        """Stored array ``name``: one of :attr:`ARRAYS`, or ``'params'`` (the
+        parameter matrix)."""
+        return self.param_matrix if name == "params" else getattr(self, name)
+
     def annotations(self, spec):
         """Per-sample JSON-ready dicts: class, split, params, equation, description."""
-        out = []
-        # Python ints and floats up front (tolist), and the equation and
-        # description formatted from the same lists: numpy scalars one at a
-        # time were most of the annotations' time; the text is the same
-        tcs = [REGISTRY[c] for c in spec.classes]
-        for index, label, split, p in zip(self.indices.tolist(), self.labels.tolist(),
-                                          self.splits.tolist(), self.params):
-            tc = tcs[label]
-            plain = {name: (x.tolist() if isinstance(x, np.ndarray) else x)
-                     for name, x in p.items()}
-            out.append({
-                "index": index,
-                "label": label,
-                "class": tc.name,
-                "split": SPLITS[split],
-                "params": plain,
-                "equation": tc.equation(plain),
-                "description": tc.description(plain, spec.clip_seconds),
-            })
-        return out
+        return annotation_records(spec, self.indices, self.labels, self.splits,
+                                  self.param_matrix)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_columns(name, clip_seconds, n_frames, gravity):
+    tc = REGISTRY[name]
+    view = np.array([[0.48, 0.6, -0.64]])
+    p = tc.params_from_uniforms(np.full((1, N_UNIFORMS), 0.5), Context(
+        view, clip_seconds, n_frames, gravity))
+    out, offset = [], 0
+    for key, x in p.items():
+        x = np.asarray(x)
+        if x.dtype != np.float64 or x.ndim > 2:
+            raise TypeError(f"parameter {key!r} of class {name!r} is {x.dtype} of {x.ndim} "
+                            "dimensions; trajlab stores float64 scalars and vectors")
+        shape = list(x.shape[1:])
+        out.append((key, offset, shape))
+        offset += shape[0] if shape else 1
+    return tuple(out)
+
+
+def param_columns(spec):
+    """``{class: ((name, first column, shape), ...)}``: where each class's
+    parameters lie in a row of :attr:`Block.param_matrix` (shape ``[]`` a
+    scalar, ``[k]`` a vector of ``k`` columns). The matrix has
+    :func:`n_param_columns` columns; a class leaves the rest NaN."""
+    return {name: _class_columns(name, spec.clip_seconds, spec.n_frames, spec.gravity)
+            for name in spec.classes}
+
+
+def n_param_columns(spec):
+    """Columns of :attr:`Block.param_matrix` (the widest class's parameters)."""
+    return max(off + (shape[0] if shape else 1)
+               for cols in param_columns(spec).values() for _k, off, shape in cols)
+
+
+def annotation_records(spec, indices, labels, splits, param_matrix):
+    """The annotation record of every row: ``index``, ``label``, ``class``,
+    ``split``, ``params`` (Python floats and lists), ``equation`` and
+    ``description``. One function for the records of generated blocks and
+    for those rebuilt from a stored parameter matrix: float64 values come
+    back as the same Python floats, so the records (and their JSON) are the
+    same."""
+    # Python floats up front (tolist) and the equation and description
+    # formatted from them: numpy scalars one at a time were most of the
+    # annotations' time
+    columns = param_columns(spec)
+    classes = [(REGISTRY[c], columns[c]) for c in spec.classes]
+    rows = np.asarray(param_matrix, dtype=np.float64).tolist()
+    out = []
+    for index, label, split, row in zip(np.asarray(indices).tolist(),
+                                        np.asarray(labels).tolist(),
+                                        np.asarray(splits).tolist(), rows):
+        tc, cols = classes[label]
+        plain = {key: (row[off:off + shape[0]] if shape else row[off])
+                 for key, off, shape in cols}
+        out.append({
+            "index": index,
+            "label": label,
+            "class": tc.name,
+            "split": SPLITS[split],
+            "params": plain,
+            "equation": tc.equation(plain),
+            "description": tc.description(plain, spec.clip_seconds),
+        })
+    return out
 
 
 def array_layout(spec, n=None):
@@ -472,6 +528,8 @@ def generate_samples(spec, indices, videos_out=None):
     arr = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()
            if k not in ("videos", "labels", "splits")}
     params = [None] * n
+    columns = param_columns(spec)
+    param_matrix = np.full((n, n_param_columns(spec)), np.nan)
     rejections = {name: 0 for name in spec.classes}
     # uniforms from PCG64 lanes; numpy Generators only where normals are
     # drawn (position jitter between attempts: all along; pixel noise: at
@@ -519,10 +577,20 @@ def generate_samples(spec, indices, videos_out=None):
             # one copy (converting column by column is ~3x cheaper than
             # indexing every array per sample, ~3 us per clip)
             keys = list(p)
-            columns = [x.astype(np.float64, copy=False).tolist() if x.ndim == 1
-                       else list(x.copy()) for x in p.values()]
-            for k, values in zip(pending[sel].tolist(), zip(*columns)):
+            values_of = [x.astype(np.float64, copy=False).tolist() if x.ndim == 1
+                         else list(x.copy()) for x in p.values()]
+            for k, values in zip(pending[sel].tolist(), zip(*values_of)):
                 params[k] = dict(zip(keys, values))
+            if keys != [c[0] for c in columns[name]]:
+                raise RuntimeError(f"class {name!r} drew parameters {keys}, not the "
+                                   f"{[c[0] for c in columns[name]]} of param_columns")
+            rows = pending[sel]
+            for key, off, shape in columns[name]:
+                x = p[key]
+                if shape:
+                    param_matrix[rows, off:off + shape[0]] = x
+                else:
+                    param_matrix[rows, off] = x
         if jitter:
             pos = pos + spec.position_jitter * J
         pix, depth = cam.project(pos, K, R, t)
@@ -564,7 +632,8 @@ def generate_samples(spec, indices, videos_out=None):
             noisy = videos[k].astype(np.float32) + np.float32(spec.pixel_noise) * noise
             videos[k] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
-                 params=params, rejections=rejections, indices=indices, **arr)
+                 params=params, rejections=rejections, indices=indices,
+                 param_matrix=param_matrix, **arr)
 
 
 def probe_digest(spec, n=8):
@@ -615,7 +684,8 @@ def make_trajectories(n_samples=None, *, classes=None, n_frames=None, image_size
     annotations : dict, only if ``return_annotations``
         ``positions``, ``pixels``, ``depth``, ``radius``, ``K``, ``R``,
         ``t``, ``splits``, ``colors``, ``attempts`` arrays (see
-        :class:`Block`), ``records`` (per-sample dicts with class, split,
+        :class:`Block`), ``params`` (the parameter matrix, as stored in
+        ``data/params``: see :func:`param_columns`), ``records`` (per-sample dicts with class, split,
         params, equation, description), ``rejections`` per class and
         ``spec``.
     """
@@ -640,13 +710,14 @@ def make_trajectories(n_samples=None, *, classes=None, n_frames=None, image_size
     n = spec.n_samples
     layout = array_layout(spec, n)
     out = {k: np.empty(shape, dtype=dt) for k, (shape, dt) in layout.items()}
+    out["params"] = np.empty((n, n_param_columns(spec)), dtype=np.float64)
     records, rejections = [], {name: 0 for name in spec.classes}
     for a in range(0, n, chunk_size):
         b = min(n, a + chunk_size)
         block = generate_block(spec, a, b, videos_out=out["videos"][a:b])
-        for key in Block.ARRAYS:
+        for key in (*Block.ARRAYS, "params"):
             if key != "videos":
-                out[key][a:b] = getattr(block, key)
+                out[key][a:b] = block.array(key)
         for name, k in block.rejections.items():
             rejections[name] += k
         if return_annotations:

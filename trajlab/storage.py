@@ -52,12 +52,23 @@ import xxhash
 
 from . import _validation as v
 from . import zstore
-from .generator import array_layout, generate_block, probe_digest
+from .generator import (annotation_records, array_layout, generate_block, n_param_columns,
+                        param_columns, probe_digest)
 from .spec import DATA_VERSION, DatasetSpec
 
 __all__ = ["FORMAT_VERSION", "RunLayout", "atomic_writer", "write_json_atomic", "read_json", "RunLock",
            "RunDirError", "write_shard", "sha256_bytes", "utcnow", "temp_path", "temp_owner",
            "remove_stale_temps", "check_managed_entries", "HOST"]
+
+#: How new format-2 run dirs keep the text ground truth: ``'params'``, a
+#: float64 array of every sample's class parameters in the zarr store, from
+#: which the records (class, split, params, equation, description) are made
+#: on read; ``'jsonl'``, the records as JSON lines in ``annotations/``
+#: (format 1, and format-2 run dirs from before ``layout.annotations``).
+#: Writing the JSON took a worker ~35 us a clip, more than rendering an
+#: 8x32^2 clip (see docs/STORAGE_V2.md).
+ANNOTATIONS = "params"
+ANNOTATION_KINDS = ("jsonl", "params")
 
 #: The format trajlab writes by default (zarr v3, see trajlab.zstore).
 FORMAT_VERSION = 2
@@ -604,6 +615,31 @@ class RunLayout:
     checksum: str = CHECKSUM
     #: format 2: the zstd level of every object (see trajlab.zstore.ZSTD_LEVEL)
     zstd_level: int = zstore.ZSTD_LEVEL
+    #: one of :data:`ANNOTATION_KINDS`; None: ``'jsonl'`` for format 1, else
+    #: :data:`ANNOTATIONS`
+    annotations: str = None
+
+    def __post_init__(self):
+        if self.annotations is None:
+            object.__setattr__(self, "annotations",
+                               "jsonl" if self.format_version == 1 else ANNOTATIONS)
+        if self.annotations not in ANNOTATION_KINDS or (
+                self.format_version == 1 and self.annotations != "jsonl"):
+            raise ValueError(f"annotations {self.annotations!r} is not available in format "
+                             f"{self.format_version}")
+
+    @property
+    def folders(self):
+        """trajlab's folders beside the store: shard records, and the
+        annotation files where there are any."""
+        return (SHARDS_DIR, ANNOTATIONS_DIR) if self.annotations == "jsonl" else (SHARDS_DIR,)
+
+    @property
+    def record_names(self):
+        """What a completion record has a checksum (and format 2 a stored
+        size) of: every array, and the annotation file where there is one."""
+        return (*self.arrays(), "annotations") if self.annotations == "jsonl" \
+            else tuple(self.arrays())
 
     def digest(self, buf):
         """This run dir's checksum (hex) of ``buf``."""
@@ -624,7 +660,10 @@ class RunLayout:
     @cached_property
     def _arrays(self):
         out = {}
-        for name, (shape, dt) in array_layout(self.spec, self.spec.n_samples).items():
+        shapes = array_layout(self.spec, self.spec.n_samples)
+        if self.annotations == "params":
+            shapes["params"] = ((self.spec.n_samples, n_param_columns(self.spec)), np.float64)
+        for name, (shape, dt) in shapes.items():
             per = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize
             if self.format_version == 1:
                 out[name] = (f"{name}.npy", shape, np.dtype(dt), len(self.header(name)), per)
@@ -652,6 +691,7 @@ class RunLayout:
                                   "bytes_per_sample": per}
                            for name, (f, shape, dt, h, per) in self.arrays().items()},
                 **self._checksum_entry(),
+                **self._annotations_entry(),
             }
         return {
             "shard_size": self.shard_size,
@@ -661,6 +701,14 @@ class RunLayout:
                        for name, (f, shape, dt, h, per) in self.arrays().items()},
             **self._checksum_entry(),
         }
+
+    def _annotations_entry(self):
+        # absent means jsonl: the spec.json of older run dirs stays as it was
+        if self.annotations == "jsonl":
+            return {}
+        return {"annotations": self.annotations,
+                "param_columns": {c: [list(col) for col in cols]
+                                  for c, cols in param_columns(self.spec).items()}}
 
     def _checksum_entry(self):
         # absent means sha256: the spec.json of older run dirs stays as it was
@@ -693,7 +741,7 @@ class RunLayout:
                 if os.path.islink(os.path.join(run_dir, rel)):
                     raise _symlink_error(os.path.join(run_dir, rel))
                 write_bytes_atomic(os.path.join(run_dir, rel), zstore.document_bytes(doc))
-            make_dirs(run_dir)
+            make_dirs(run_dir, self.folders)
             return
         for name, (fname, shape, dt, hlen, per) in self.arrays().items():
             path = os.path.join(run_dir, fname)
@@ -706,7 +754,7 @@ class RunLayout:
                 os.ftruncate(fd, self.expected_size(name))
             finally:
                 os.close(fd)
-        make_dirs(run_dir)
+        make_dirs(run_dir, self.folders)
 
     def expected_size(self, name):
         """Bytes of array ``name``'s file (format 1), decoded bytes (format 2)."""
@@ -797,7 +845,7 @@ def write_shard(run_dir, layout, shard, fsync=False):
     t_gen = time.perf_counter() - t0
     checksums, stored, objects = {}, {}, []
     for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
-        data = np.ascontiguousarray(getattr(block, name))
+        data = np.ascontiguousarray(block.array(name))
         buf = data.data
         checksums[name] = layout.digest(buf)
         if layout.format_version == 2:
@@ -812,13 +860,14 @@ def write_shard(run_dir, layout, shard, fsync=False):
                 os.fsync(fd)
         finally:
             os.close(fd)
-    text = "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
-                   for rec in block.annotations(layout.spec)).encode("utf-8")
-    checksums["annotations"] = layout.digest(text)
-    if layout.format_version == 2:
-        text = zstore.compress(text, layout.zstd_level)
-        stored["annotations"] = len(text)
-    objects.append((layout.annotations_path(run_dir, shard), text))
+    if layout.annotations == "jsonl":
+        text = "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
+                       for rec in block.annotations(layout.spec)).encode("utf-8")
+        checksums["annotations"] = layout.digest(text)
+        if layout.format_version == 2:
+            text = zstore.compress(text, layout.zstd_level)
+            stored["annotations"] = len(text)
+        objects.append((layout.annotations_path(run_dir, shard), text))
     write_objects(objects, fsync=fsync)
     extra = {"stored_bytes": stored} if layout.format_version == 2 else {}
     return {**extra,
@@ -1057,7 +1106,11 @@ def load_layout(run_dir):
             if codec not in zstore.CODECS:
                 v.fail("layout.codec", own, f"one of {sorted(zstore.CODECS)}", codec)
             level = zstore.CODECS[codec]
-        layout = RunLayout(spec, shard_size, doc["format_version"], checksum, level)
+        kind = lay.get("annotations", "jsonl")
+        allowed = ANNOTATION_KINDS if doc["format_version"] == 2 else ("jsonl",)
+        if kind not in allowed:
+            v.fail("layout.annotations", own, f"one of {list(allowed)} (or absent: jsonl)", kind)
+        layout = RunLayout(spec, shard_size, doc["format_version"], checksum, level, kind)
         v.check_int(layout.n_shards, "layout.n_shards", own, 1, v.MAX_N_SHARDS)
         diff = _diff_paths(lay, layout.to_dict())
         if diff:
@@ -1099,9 +1152,10 @@ def check_record(rec, layout, shard):
             return f"{key} is {rec.get(key)!r}, expected {want}"
     key, digits = layout.checksum, CHECKSUMS[layout.checksum][1]
     sums = rec.get(key)
-    names = set(layout.arrays()) | {"annotations"}
+    names = set(layout.record_names)
     if not isinstance(sums, dict) or set(sums) != names:
-        return f"{key} does not list every array and the annotations"
+        return f"{key} does not list every array" + (
+            " and the annotations" if "annotations" in names else "")
     if not all(isinstance(x, str) and len(x) == digits and _HEX.fullmatch(x)
                for x in sums.values()):
         return f"{key} holds a value that is not {digits} hex digits"
@@ -1383,7 +1437,7 @@ def stored_totals(layout, records):
     raw (decoded) bytes and their ratio."""
     if layout.format_version == 1:
         return {}
-    names = [*layout.arrays(), "annotations"]
+    names = list(layout.record_names)
     stored = {n: sum(records[s]["stored_bytes"][n] for s in range(layout.n_shards))
               for n in names}
     stored["total"] = sum(stored[n] for n in names)
@@ -1429,11 +1483,12 @@ def check_manifest(manifest, layout, run_dir):
         return f"The 'digest' parameter of {where} must be 64 hex digits. Got {d!r} instead."
     if layout.format_version == 2:
         sb = manifest.get("stored_bytes")
-        names = {*layout.arrays(), "annotations", "total"}
+        names = {*layout.record_names, "total"}
         if not isinstance(sb, dict) or set(sb) != names or \
                 not all(_is_count(x) for x in sb.values()):
-            return (f"The 'stored_bytes' parameter of {where} must be a count per array, for "
-                    f"the annotations and in total. Got {sb!r} instead.")
+            return (f"The 'stored_bytes' parameter of {where} must be a count per array"
+                    + (", for the annotations" if layout.annotations == "jsonl" else "")
+                    + f" and in total. Got {sb!r} instead.")
         if manifest.get("raw_bytes") != sum(layout.raw_bytes(n) for n in layout.arrays()) \
                 or type(manifest.get("compression_ratio")) not in (int, float):
             return (f"The 'raw_bytes' and 'compression_ratio' parameters of {where} must be "
@@ -1505,6 +1560,68 @@ def parse_annotations(raw, layout, shard, run_dir):
     return tuple(recs)
 
 
+def params_records(layout, shard, labels, splits, params, run_dir):
+    """The annotation records of ``shard`` made from its stored labels,
+    splits and parameter matrix (raw bytes or arrays), checked to be what
+    trajlab writes: labels and splits in range, the columns of each
+    sample's class finite and the others NaN. RunDirError otherwise."""
+    spec = layout.spec
+    a, b = layout.shard_range(shard)
+    lab = np.frombuffer(labels, np.int64) if isinstance(labels, (bytes, memoryview)) \
+        else np.asarray(labels)
+    spl = np.frombuffer(splits, np.uint8) if isinstance(splits, (bytes, memoryview)) \
+        else np.asarray(splits)
+    width = n_param_columns(spec)
+    mat = np.frombuffer(params, np.float64) if isinstance(params, (bytes, memoryview)) \
+        else np.asarray(params, dtype=np.float64)
+    where = f"the parameters of shard {shard} in {run_dir!r} (samples {a}..{b - 1})"
+    fix = " Run `trajlab verify --repair` then `trajlab generate` on the run dir."
+    if lab.size != b - a or spl.size != b - a or mat.size != (b - a) * width:
+        raise RunDirError(f"{where} do not have one row per sample." + fix)
+    mat = mat.reshape(b - a, width)
+    if lab.size and (lab.min() < 0 or lab.max() >= spec.n_classes or spl.max() > 2):
+        raise RunDirError(f"{where}: labels or splits hold values out of range." + fix)
+    used = np.zeros((spec.n_classes, width), dtype=bool)
+    for c, cols in enumerate(param_columns(spec).values()):
+        for _key, off, shape in cols:
+            used[c, off:off + (shape[0] if shape else 1)] = True
+    bad = np.isfinite(mat) != used[lab]
+    if bad.any():
+        k = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise RunDirError(f"{where}: sample {a + k} has parameters that are not finite, or "
+                          f"values in columns its class does not use." + fix)
+    return tuple(annotation_records(spec, np.arange(a, b), lab, spl, mat))
+
+
+def read_shard_records(run_dir, layout, shard, sums=None):
+    """The annotation records of ``shard``, a tuple in index order.
+    ``sums``: the shard record's checksums, to check what is read against
+    (None: not checked). RunDirError if missing, damaged or changed."""
+    if layout.annotations == "params":
+        raw = {}
+        for name in ("labels", "splits", "params"):
+            try:
+                raw[name] = shard_slice_bytes(run_dir, layout, name, shard)
+            except zstore.DamagedObject as exc:
+                raise RunDirError(f"{exc}. Run `trajlab verify --repair` then `trajlab "
+                                  "generate` on the run dir.") from None
+            if sums is not None and layout.digest(raw[name]) != sums[name]:
+                path = zstore.object_path(run_dir, layout, name, shard)
+                raise RunDirError(
+                    f"Checksum mismatch in {path!r} (shard {shard}): the annotations "
+                    "are corrupted (the " + name + " they are made from). Run `trajlab "
+                    "verify --repair` then `trajlab generate` on the run dir.")
+        return params_records(layout, shard, raw["labels"], raw["splits"], raw["params"],
+                              run_dir)
+    raw = read_annotations_bytes(run_dir, layout, shard)
+    if sums is not None and layout.digest(raw) != sums["annotations"]:
+        path = layout.annotations_path(run_dir, shard)
+        raise RunDirError(
+            f"Checksum mismatch in {path!r} (shard {shard}): the annotations are corrupted. "
+            "Run `trajlab verify --repair` then `trajlab generate` on the run dir.")
+    return parse_annotations(raw, layout, shard, run_dir)
+
+
 def read_annotations_bytes(run_dir, layout, shard):
     """Raw bytes of a shard's annotation file; RunDirError if unreadable."""
     path = layout.annotations_path(run_dir, shard)
@@ -1540,7 +1657,8 @@ def stored_size_problem(run_dir, layout, shard, rec, names=None):
     if layout.format_version == 1:
         return None
     paths = {name: zstore.object_path(run_dir, layout, name, shard) for name in layout.arrays()}
-    paths["annotations"] = layout.annotations_path(run_dir, shard)
+    if layout.annotations == "jsonl":
+        paths["annotations"] = layout.annotations_path(run_dir, shard)
     for name in (paths if names is None else names):
         rel = os.path.relpath(paths[name], run_dir)
         size = file_size(paths[name])
@@ -1577,6 +1695,14 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
                                       np.frombuffer(raw["attempts"], arrays["attempts"][2]))
         if problem:
             return "record", f"completion record damaged: {problem}"
+    if layout.annotations == "params":
+        if {"labels", "splits", "params"} & set(skip):
+            return None
+        try:
+            params_records(layout, shard, raw["labels"], raw["splits"], raw["params"], run_dir)
+        except RunDirError as exc:
+            return "params", str(exc)
+        return None
     try:
         raw = read_annotations_bytes(run_dir, layout, shard)
         if layout.digest(raw) != rec[layout.checksum]["annotations"]:
@@ -1609,4 +1735,5 @@ __all__ += ["load_layout", "read_record", "shard_slice_bytes", "write_text_atomi
             "write_bytes_atomic", "open_array", "check_array_file", "build_manifest",
             "check_manifest", "compare_manifest", "read_manifest", "check_record",
             "available_memory", "read_json_file", "parse_annotations",
-            "read_annotations_bytes", "check_shard_data", "stored_size_problem"]
+            "read_annotations_bytes", "check_shard_data", "stored_size_problem",
+            "read_shard_records", "params_records", "ANNOTATIONS"]

@@ -62,7 +62,7 @@ DIMENSIONS = {
     "positions": ("sample", "frame", "xyz"), "pixels": ("sample", "frame", "uv"),
     "depth": ("sample", "frame"), "radius": ("sample", "frame"),
     "K": ("sample", "row", "col"), "R": ("sample", "row", "col"), "t": ("sample", "xyz"),
-    "colors": ("sample", "rgb"),
+    "colors": ("sample", "rgb"), "params": ("sample", "param"),
 }
 _ZARR_DTYPES = {"uint8": "uint8", "int32": "int32", "int64": "int64", "float64": "float64"}
 _INDEX_ENTRY = 16
@@ -190,9 +190,23 @@ def array_document(layout, name):
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
         "fill_value": 0.0 if dt.kind == "f" else 0,
         "codecs": codecs,
-        "attributes": {},
+        "attributes": _attributes(layout, name),
         "dimension_names": list(DIMENSIONS[name]),
     }
+
+
+def _attributes(layout, name):
+    """``params``: where each class's parameters lie in a row (NaN in the
+    columns a class does not use), so that any zarr reader can use them."""
+    if name != "params":
+        return {}
+    from .generator import param_columns
+
+    return {"columns": {c: [{"name": k, "column": off, "shape": shape} for k, off, shape in cols]
+                        for c, cols in param_columns(layout.spec).items()},
+            "classes": list(layout.spec.classes),
+            "note": "row i holds the parameters of sample i's class (labels[i] indexes "
+                    "classes); the other columns are NaN"}
 
 
 def document_bytes(doc):
