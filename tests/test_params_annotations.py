@@ -12,7 +12,8 @@ import pytest
 
 from trajlab import DatasetSpec, RunDirError, generate, make_trajectories, open_dataset, verify_run
 from trajlab import storage
-from trajlab.generator import annotation_records, generate_block, n_param_columns, param_columns
+from trajlab.generator import generate_block, n_param_columns, param_columns
+from trajlab.trajectories import REGISTRY
 from trajlab.storage import load_layout
 
 from _util import tree_digest
@@ -98,19 +99,43 @@ def test_a_redone_shard_keeps_the_run_dirs_own_annotations(pair, tmp_path):
         assert verify_run(str(rd))["ok"]
 
 
-def test_records_from_a_matrix_round_trip_through_float64():
-    # every preset class and option mix: the records made from the stored
-    # matrix are those of the generated dicts
-    for spec in (DatasetSpec(n_samples=64, seed=3, radius_mode="constant", gravity=3.7),
-                 DatasetSpec(n_samples=64, seed=4, classes=("helical", "parabolic"),
-                             n_frames=20)):
-        block = generate_block(spec, 0, 64)
-        back = np.frombuffer(block.param_matrix.tobytes(), np.float64).reshape(64, -1)
-        recs = annotation_records(spec, block.indices, block.labels, block.splits, back)
-        for rec, p in zip(recs, block.params):
-            assert rec["params"] == {k: (x.tolist() if isinstance(x, np.ndarray) else x)
-                                     for k, x in p.items()}
-        assert set(param_columns(spec)) == set(spec.classes)
+@pytest.mark.parametrize("options", [{}, {"radius_mode": "constant", "gravity": 3.7},
+                                     {"classes": ("helical", "parabolic"), "n_frames": 20}],
+                         ids=str)
+def test_the_stored_parameters_reproduce_the_stored_positions(pair, tmp_path, options):
+    # the ground truth the matrix holds is exact: each class's positions()
+    # of the parameters read back from the store give positions, bit for bit
+    options = dict(options)
+    spec = DatasetSpec(n_samples=64, n_frames=options.pop("n_frames", 8), image_size=32,
+                       seed=4, **options)
+    rd = tmp_path / "rd"
+    generate(spec, rd, n_jobs=1, shard_size=16, progress="none")
+    ds = open_dataset(rd)
+    params, labels, positions = (np.asarray(ds.params), np.asarray(ds.labels),
+                                 np.asarray(ds.positions))
+    for c, (name, cols) in enumerate(param_columns(spec).items()):
+        rows = np.flatnonzero(labels == c)
+        batch = {key: (params[rows, off:off + shape[0]] if shape else params[rows, off])
+                 for key, off, shape in cols}
+        np.testing.assert_array_equal(REGISTRY[name].positions(batch, spec.times),
+                                      positions[rows], err_msg=name)
+    # and the records' params are those numbers, as Python floats
+    for i in (0, 9, 63):
+        rec = ds.annotation(i)
+        cols = param_columns(spec)[rec["class"]]
+        flat = [x for key, _o, _s in cols for x in np.atleast_1d(rec["params"][key])]
+        np.testing.assert_array_equal(flat, params[i][~np.isnan(params[i])])
+
+
+def test_block_params_are_the_matrix_as_dicts():
+    block = generate_block(SPEC, 0, 12)
+    for p, row, label in zip(block.params, block.param_matrix, block.labels):
+        for key, off, shape in param_columns(SPEC)[SPEC.classes[label]]:
+            if shape:
+                assert isinstance(p[key], np.ndarray) and p[key].dtype == np.float64
+                np.testing.assert_array_equal(p[key], row[off:off + shape[0]])
+            else:
+                assert type(p[key]) is float and p[key] == row[off]
 
 
 @pytest.mark.parametrize("edit,match", [

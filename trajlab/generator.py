@@ -344,8 +344,10 @@ class Block:
     float64; ``radius`` (n, T) float64 pixel radius as drawn (see
     ``DatasetSpec.radius_mode``); ``K``, ``R`` (n, 3, 3)
     and ``t`` (n, 3) float64; ``colors`` (n, 3) uint8; ``attempts`` (n,)
-    int32 (1 = accepted at first draw). ``params`` is a list of per-sample
-    dicts; ``rejections`` counts redrawn attempts per class name.
+    int32 (1 = accepted at first draw). ``param_matrix`` (n, P) float64
+    holds the class parameters (see :func:`param_columns`) and ``params``
+    gives them as a list of per-sample dicts (made from the matrix when
+    first asked for); ``rejections`` counts redrawn attempts per class name.
     """
 
     start: int
@@ -362,17 +364,28 @@ class Block:
     t: np.ndarray
     colors: np.ndarray
     attempts: np.ndarray
-    params: list
     rejections: dict = field(default_factory=dict)
     #: sample index of each row (``start..stop-1`` for a contiguous block)
     indices: np.ndarray = None
     #: (n, P) float64: each sample's class parameters laid out by
     #: :func:`param_columns`, NaN in the columns its class does not use
     param_matrix: np.ndarray = None
+    #: per label, the ``(name, first column, shape)`` of its parameters
+    param_layout: tuple = ()
 
     #: names of the per-sample numeric arrays, in storage order
     ARRAYS = ("videos", "labels", "splits", "positions", "pixels", "depth", "radius",
               "K", "R", "t", "colors", "attempts")
+
+    @functools.cached_property
+    def params(self):
+        """Per-sample dicts of the class parameters: Python floats for
+        scalars, float64 arrays for vectors (made from ``param_matrix``)."""
+        out = []
+        for label, row in zip(self.labels.tolist(), self.param_matrix):
+            out.append({key: (row[off:off + shape[0]].copy() if shape else float(row[off]))
+                        for key, off, shape in self.param_layout[label]})
+        return out
 
     def array(self, name):
         """Stored array ``name``: one of :attr:`ARRAYS`, or ``'params'`` (the
@@ -527,7 +540,6 @@ def generate_samples(spec, indices, videos_out=None):
     shapes = array_layout(spec, n)
     arr = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()
            if k not in ("videos", "labels", "splits")}
-    params = [None] * n
     columns = param_columns(spec)
     param_matrix = np.full((n, n_param_columns(spec)), np.nan)
     rejections = {name: 0 for name in spec.classes}
@@ -573,14 +585,7 @@ def generate_samples(spec, indices, videos_out=None):
             ctx = Context(R[sel, 2], spec.clip_seconds, T, spec.gravity)
             p = tc.params_from_uniforms(U[sel, _N_CAMERA + _N_COLOR:], ctx)
             pos[sel] = tc.positions(p, times)
-            # per-sample dicts: scalars as Python floats, vectors as rows of
-            # one copy (converting column by column is ~3x cheaper than
-            # indexing every array per sample, ~3 us per clip)
             keys = list(p)
-            values_of = [x.astype(np.float64, copy=False).tolist() if x.ndim == 1
-                         else list(x.copy()) for x in p.values()]
-            for k, values in zip(pending[sel].tolist(), zip(*values_of)):
-                params[k] = dict(zip(keys, values))
             if keys != [c[0] for c in columns[name]]:
                 raise RuntimeError(f"class {name!r} drew parameters {keys}, not the "
                                    f"{[c[0] for c in columns[name]]} of param_columns")
@@ -632,8 +637,8 @@ def generate_samples(spec, indices, videos_out=None):
             noisy = videos[k].astype(np.float32) + np.float32(spec.pixel_noise) * noise
             videos[k] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
-                 params=params, rejections=rejections, indices=indices,
-                 param_matrix=param_matrix, **arr)
+                 rejections=rejections, indices=indices, param_matrix=param_matrix,
+                 param_layout=tuple(columns[c] for c in spec.classes), **arr)
 
 
 def probe_digest(spec, n=8):
