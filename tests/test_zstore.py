@@ -313,3 +313,49 @@ def test_open_dataset_reads_the_same_files_whatever_the_shard_count(tmp_path, mo
     assert opened[1] == opened[N]            # 1 shard or 30: the same files
     assert not [p for p in opened[1] if p.startswith("shards") or "/c." in p
                 or p.startswith("annotations")]
+
+
+# ------------------------------------------------------- streamed videos
+@pytest.mark.parametrize("options", [{}, {"style": "trail", "object_color": "random"},
+                                     {"pixel_noise": 3.0}], ids=str)
+def test_videos_rendered_in_pieces_are_the_videos_rendered_whole(tmp_path, monkeypatch,
+                                                                 options):
+    # write_shard renders, hashes and compresses the videos piece by piece
+    # (not with pixel noise): any piece size gives the object and the
+    # checksum of the whole shard rendered at once
+    from trajlab import storage
+    from trajlab.generator import generate_samples
+
+    spec = DatasetSpec(n_samples=45, n_frames=6, image_size=16, seed=8, **options)
+    layout = storage.RunLayout(spec, 20, 2)
+    whole = trajlab.make_trajectories(spec=spec)[0]
+    objects = []
+    for piece_bytes in (1, 5 * 6 * 3 * 16 * 16, 2**30):
+        monkeypatch.setattr(storage, "STREAM_BYTES", piece_bytes)
+        rd = tmp_path / f"rd{piece_bytes}"
+        rd.mkdir()
+        layout.preallocate(str(rd))
+        recs = [storage.write_shard(str(rd), layout, s) for s in range(layout.n_shards)]
+        objects.append([(rd / "data" / "videos" / zstore.chunk_key(layout, "videos", s))
+                        .read_bytes() for s in range(layout.n_shards)])
+        for s, rec in enumerate(recs):
+            a, b = layout.shard_range(s)
+            assert rec["xxh3_128"]["videos"] == layout.digest(whole[a:b].tobytes())
+            assert objects[-1][s] == zstore.encode(layout, "videos", whole[a:b])
+    assert objects[0] == objects[1] == objects[2]
+    if options.get("pixel_noise"):
+        with pytest.raises(ValueError, match="render_videos=False needs pixel_noise == 0"):
+            generate_samples(spec, np.arange(4), render_videos=False)
+
+
+def test_a_video_object_built_in_pieces_is_the_encoded_shard():
+    spec = DatasetSpec(n_samples=30, n_frames=4, image_size=16, seed=2)
+    from trajlab.storage import RunLayout
+
+    layout = RunLayout(spec, 16, 2)
+    videos = trajlab.make_trajectories(spec=spec)[0]
+    for a, b in ((0, 16), (16, 30)):
+        obj = zstore.VideoObject(layout)
+        for k in range(a, b, 3):
+            obj.add(videos[k:min(b, k + 3)])
+        assert obj.finish() == zstore.encode(layout, "videos", videos[a:b])

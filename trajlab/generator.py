@@ -36,7 +36,7 @@ from .spec import DatasetSpec, check_fields
 from .trajectories import N_UNIFORMS, REGISTRY, Context, lerp
 
 __all__ = ["make_trajectories", "generate_block", "generate_samples", "probe_digest", "Block",
-           "param_columns", "n_param_columns", "annotation_records",
+           "render_rows", "param_columns", "n_param_columns", "annotation_records",
            "sample_rng", "sample_rngs", "labels_for", "labels_at", "splits_for", "splits_at",
            "split_phases", "SPLITS", "NEAR_PLANE"]
 
@@ -506,7 +506,7 @@ def generate_block(spec, start, stop, videos_out=None):
     return block
 
 
-def generate_samples(spec, indices, videos_out=None):
+def generate_samples(spec, indices, videos_out=None, render_videos=True):
     """Generate the samples ``indices`` of ``spec`` (any order, repeats allowed).
 
     Row ``k`` of the result is sample ``indices[k]``, byte for byte what
@@ -520,6 +520,11 @@ def generate_samples(spec, indices, videos_out=None):
     spec : DatasetSpec
     indices : array-like of int
     videos_out : ndarray of shape (len(indices), T, 3, H, W), uint8, optional
+    render_videos : bool, default=True
+        False: everything but the videos (``Block.videos`` is None), which
+        :func:`render_rows` then renders in pieces of any size, byte for
+        byte the same (not with ``pixel_noise``, whose draws follow the
+        parameters' in each sample's stream).
 
     Returns
     -------
@@ -627,6 +632,13 @@ def generate_samples(spec, indices, videos_out=None):
         for c in labels[pending[~ok]]:
             rejections[spec.classes[c]] += 1
         pending = pending[~ok]
+    if not render_videos:
+        if spec.pixel_noise > 0:
+            raise ValueError("render_videos=False needs pixel_noise == 0 (the noise is drawn "
+                             "from each sample's stream after its parameters)")
+        return Block(start=start, stop=stop, videos=None, labels=labels, splits=splits,
+                     rejections=rejections, indices=indices, param_matrix=param_matrix,
+                     param_layout=tuple(columns[c] for c in spec.classes), **arr)
     videos = render(arr["pixels"], arr["radius"], arr["colors"], spec.background_color, S,
                     spec.style, spec.trail_length, spec.trail_decay, out=videos_out)
     if spec.pixel_noise > 0:
@@ -639,6 +651,17 @@ def generate_samples(spec, indices, videos_out=None):
     return Block(start=start, stop=stop, videos=videos, labels=labels, splits=splits,
                  rejections=rejections, indices=indices, param_matrix=param_matrix,
                  param_layout=tuple(columns[c] for c in spec.classes), **arr)
+
+
+def render_rows(spec, block, a, b, out):
+    """Render rows ``a..b-1`` of a block made with ``render_videos=False``
+    into ``out`` (b - a, T, 3, H, W): the bytes ``generate_samples`` gives
+    them. (A pixel outside every dot blends to exactly the background, so
+    the window size, which follows the rows' largest radius, changes no
+    byte; the same holds for shard sizes.)"""
+    return render(block.pixels[a:b], block.radius[a:b], block.colors[a:b],
+                  spec.background_color, spec.image_size, spec.style, spec.trail_length,
+                  spec.trail_decay, out=out)
 
 
 def probe_digest(spec, n=8):

@@ -248,18 +248,34 @@ def encode(layout, name, rows):
             padded[:n] = rows
             rows = padded
         return compress(rows.data, layout.zstd_level)
-    parts, index = [], np.full((S, 2), ABSENT, dtype="<u8")
-    offset = 0
-    flat = rows.reshape(n, -1)
-    for j in range(n):
-        c = compress(flat[j].data, layout.zstd_level)
-        index[j] = (offset, len(c))
-        offset += len(c)
-        parts.append(c)
-    ib = index.tobytes()
-    parts.append(ib)
-    parts.append(struct.pack("<I", _crc32c(ib)))
-    return b"".join(parts)
+    obj = VideoObject(layout)
+    obj.add(rows)
+    return obj.finish()
+
+
+class VideoObject:
+    """The shard object of ``videos`` built clip by clip: :meth:`add` the
+    shard's clips in order (in pieces of any size), then :meth:`finish`
+    gives exactly :func:`encode` of all of them."""
+
+    def __init__(self, layout):
+        self.level = layout.zstd_level
+        self.parts, self.index = [], np.full((layout.shard_size, 2), ABSENT, dtype="<u8")
+        self.n = self.offset = 0
+
+    def add(self, rows):
+        """Compress the clips ``rows`` (k, T, 3, H, W) uint8, C-contiguous."""
+        flat = rows.reshape(len(rows), -1)
+        for j in range(len(rows)):
+            c = compress(flat[j].data, self.level)
+            self.index[self.n] = (self.offset, len(c))
+            self.offset += len(c)
+            self.n += 1
+            self.parts.append(c)
+
+    def finish(self):
+        ib = self.index.tobytes()
+        return b"".join([*self.parts, ib, struct.pack("<I", _crc32c(ib))])
 
 
 def max_object_bytes(layout, name):
