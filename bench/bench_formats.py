@@ -5,8 +5,9 @@ For each configuration (the issue's 30,000 x 16x3x64^2 and 100,000 x
 
 * ``render``: in-memory ceiling, ``generate_block`` of every shard in
   ``n_jobs`` processes (joblib), into a reused buffer, nothing kept;
-* ``encode``: the same plus what a format-2 worker adds before writing
-  (the records' checksum of every array, zstd encoding), still nothing written;
+* ``encode``: what a format-2 worker makes of every shard before writing
+  (``trajlab.storage.encode_shard``: generation, the records' checksums and
+  zstd, the videos streamed through them piece by piece), nothing written;
 * ``format 1`` / ``format 2``: ``trajlab.generate(spec, dir, n_jobs=N,
   format_version=F)`` in a fresh process, end to end **including
   ``os.sync()``**, so the time counts the bytes reaching the disk, not the
@@ -120,21 +121,18 @@ def ceiling(n, frames, size, n_jobs, encode):
 import time, numpy as np, trajlab
 from joblib import Parallel, delayed
 from trajlab.engine import auto_shard_size
-from trajlab.storage import RunLayout
+from trajlab.storage import RunLayout, encode_shard
 from trajlab.generator import generate_block
-from trajlab import zstore
 spec = {_spec_code(n, frames, size)}
 lay = RunLayout(spec, auto_shard_size(spec), 2)
 BUF = {{}}
 def shard(s):
     a, b = lay.shard_range(s)
+    if {encode}:        # what a format-2 worker makes of the shard, not written
+        encode_shard(lay, s)
+        return b - a
     buf = BUF.setdefault("v", np.empty((lay.shard_size, {frames}, 3, {size}, {size}), np.uint8))
-    blk = generate_block(spec, a, b, videos_out=buf[:b - a])
-    if {encode}:
-        for name in lay.arrays():
-            arr = np.ascontiguousarray(blk.array(name))
-            lay.digest(arr.data)
-            zstore.encode(lay, name, arr)
+    generate_block(spec, a, b, videos_out=buf[:b - a])
     return b - a
 t0 = time.perf_counter()
 done = sum(Parallel(n_jobs={n_jobs}, batch_size=1)(delayed(shard)(s) for s in range(lay.n_shards)))

@@ -859,6 +859,45 @@ def _stream_videos(layout, block, n):
     return hasher.hexdigest(), obj.finish()
 
 
+def _annotation_text(layout, block):
+    """The JSON lines of a block's annotations (layouts that keep them)."""
+    return "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
+                   for rec in block.annotations(layout.spec)).encode("utf-8")
+
+
+def encode_shard(layout, shard):
+    """Format 2: everything a worker makes of shard ``shard``, nothing
+    written: ``(block, checksums, {name: object bytes}, generate seconds)``
+    (names: the arrays, and ``'annotations'`` where the layout keeps JSON
+    lines). ``block.videos`` is None where the videos were streamed."""
+    t0 = time.perf_counter()
+    start, stop = layout.shard_range(shard)
+    checksums, objects = {}, {}
+    if layout.spec.pixel_noise == 0:
+        # the videos go piece by piece through render, checksum and zstd
+        # while the piece is still in the cache: measured per 8x32^2 clip
+        # 29 -> 24 us, per 16x64^2 clip 176 -> 119 us, against rendering
+        # the whole shard first and then reading it back from memory twice
+        block = generate_samples(layout.spec, np.arange(start, stop, dtype=np.int64),
+                                 render_videos=False)
+        t_gen = time.perf_counter() - t0
+        checksums["videos"], objects["videos"] = _stream_videos(layout, block, stop - start)
+    else:
+        block = generate_block(layout.spec, start, stop,
+                               videos_out=_render_buffer(layout, stop - start))
+        t_gen = time.perf_counter() - t0
+    for name in layout.arrays():
+        if name not in objects:
+            data = np.ascontiguousarray(block.array(name))
+            checksums[name] = layout.digest(data.data)
+            objects[name] = zstore.encode(layout, name, data)
+    if layout.annotations == "jsonl":
+        text = _annotation_text(layout, block)
+        checksums["annotations"] = layout.digest(text)
+        objects["annotations"] = zstore.compress(text, layout.zstd_level)
+    return block, checksums, objects, t_gen
+
+
 def write_shard(run_dir, layout, shard, fsync=False):
     """Generate shard ``shard`` and write its bytes into ``run_dir``.
 
@@ -868,51 +907,30 @@ def write_shard(run_dir, layout, shard, fsync=False):
     """
     t0 = time.perf_counter()
     start, stop = layout.shard_range(shard)
-    checksums, stored, objects = {}, {}, []
-    streamed = layout.format_version == 2 and layout.spec.pixel_noise == 0
-    if streamed:
-        # the videos go piece by piece through render, checksum and zstd
-        # while the piece is still in the cache: measured per 8x32^2 clip
-        # 29 -> 24 us, per 16x64^2 clip 176 -> 119 us, against rendering
-        # the whole shard first and then reading it back from memory twice
-        block = generate_samples(layout.spec, np.arange(start, stop, dtype=np.int64),
-                                 render_videos=False)
-        t_gen = time.perf_counter() - t0
-        checksums["videos"], obj = _stream_videos(layout, block, stop - start)
-        objects.append((zstore.object_path(run_dir, layout, "videos", shard), obj))
-        stored["videos"] = len(obj)
+    extra = {}
+    if layout.format_version == 2:
+        block, checksums, encoded, t_gen = encode_shard(layout, shard)
+        write_objects([(layout.annotations_path(run_dir, shard) if name == "annotations"
+                        else zstore.object_path(run_dir, layout, name, shard), obj)
+                       for name, obj in encoded.items()], fsync=fsync)
+        extra["stored_bytes"] = {name: len(obj) for name, obj in encoded.items()}
     else:
-        out = _render_buffer(layout, stop - start) if layout.format_version == 2 else None
-        block = generate_block(layout.spec, start, stop, videos_out=out)
+        block = generate_block(layout.spec, start, stop)
         t_gen = time.perf_counter() - t0
-    for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
-        if name in stored:
-            continue
-        data = np.ascontiguousarray(block.array(name))
-        buf = data.data
-        checksums[name] = layout.digest(buf)
-        if layout.format_version == 2:
-            obj = zstore.encode(layout, name, data)
-            objects.append((zstore.object_path(run_dir, layout, name, shard), obj))
-            stored[name] = len(obj)
-            continue
-        fd = open_for_writing(os.path.join(run_dir, fname))
-        try:
-            pwrite_all(fd, buf, hlen + per * start)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    if layout.annotations == "jsonl":
-        text = "".join(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n"
-                       for rec in block.annotations(layout.spec)).encode("utf-8")
+        checksums = {}
+        for name, (fname, shape, dt, hlen, per) in layout.arrays().items():
+            buf = np.ascontiguousarray(block.array(name)).data
+            checksums[name] = layout.digest(buf)
+            fd = open_for_writing(os.path.join(run_dir, fname))
+            try:
+                pwrite_all(fd, buf, hlen + per * start)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        text = _annotation_text(layout, block)
         checksums["annotations"] = layout.digest(text)
-        if layout.format_version == 2:
-            text = zstore.compress(text, layout.zstd_level)
-            stored["annotations"] = len(text)
-        objects.append((layout.annotations_path(run_dir, shard), text))
-    write_objects(objects, fsync=fsync)
-    extra = {"stored_bytes": stored} if layout.format_version == 2 else {}
+        write_objects([(layout.annotations_path(run_dir, shard), text)], fsync=fsync)
     return {**extra,
         "shard": shard,
         "start": start,
@@ -1215,7 +1233,8 @@ def check_record(rec, layout, shard):
         sb = rec.get("stored_bytes")
         if not isinstance(sb, dict) or set(sb) != names or \
                 not all(_is_count(x) for x in sb.values()):
-            return "stored_bytes is not a count per array and for the annotations"
+            return "stored_bytes is not a count per array" + (
+                " and for the annotations" if "annotations" in names else "")
     elif "stored_bytes" in rec:
         return "it has stored_bytes, which format 1 records do not have"
     return None
