@@ -366,11 +366,12 @@ def test_params_in_a_column_their_class_does_not_use_are_refused(copy):
         pytest.skip("the run dir keeps JSON lines")
     ds = open_dataset(copy, verify="none")
     k = next(i for i in range(8, 16) if ds.annotation(i)["class"] == "linear")
-    rewrite_params(copy, 1, lambda rows: rows.__setitem__((k - 8, 6), 0.25))  # linear uses 0..5
-    ds = open_dataset(copy, verify="none")
-    with pytest.raises(RunDirError, match=f"sample {k} has parameters .* columns its class "
-                                          "does not use"):
-        ds.annotation(k)
+    for value in (0.25, np.inf):       # linear uses columns 0..5; the rest are NaN
+        rewrite_params(copy, 1, lambda rows: rows.__setitem__((k - 8, 6), value))
+        ds = open_dataset(copy, verify="none")
+        with pytest.raises(RunDirError, match=f"sample {k} has parameters .* other than NaN "
+                                              "in columns its class does not use"):
+            ds.annotation(k)
 
 
 # ------------------------------------------------------------ bad arguments

@@ -166,3 +166,30 @@ def test_format1_keeps_json_lines(tmp_path):
         ["00000.jsonl", "00001.jsonl", "00002.jsonl"]
     with pytest.raises(ValueError, match="annotations 'params' is not available in format 1"):
         storage.RunLayout(SPEC, 16, 1, annotations="params")
+
+
+def test_a_users_annotations_entry_in_a_params_run_dir_is_not_trajlabs(pair, tmp_path):
+    # params run dirs have no annotations/ folder: a file or a link of that
+    # name is the user's, not a trajlab folder replaced by a link
+    rd = tmp_path / "rd"
+    shutil.copytree(pair[0], rd)
+    (rd / "annotations").write_text("my notes\n")
+    assert verify_run(str(rd))["ok"]
+    os.remove(rd / "annotations")
+    os.symlink(tmp_path, rd / "annotations")
+    assert open_dataset(rd).annotation(3)["index"] == 3
+    assert verify_run(str(rd))["ok"]
+    # where the layout keeps JSON lines, the same link is refused
+    old = tmp_path / "old"
+    shutil.copytree(pair[1], old)
+    shutil.rmtree(old / "annotations")
+    os.symlink(tmp_path, old / "annotations")
+    with pytest.raises(RunDirError, match="symbolic links"):
+        open_dataset(old)
+
+
+def test_the_parameter_array_fills_with_nan(pair):
+    zarr = pytest.importorskip("zarr")
+    doc = json.loads((pair[0] / "data" / "params" / "zarr.json").read_text())
+    assert doc["fill_value"] == "NaN"
+    assert np.isnan(zarr.open_array(str(pair[0] / "data" / "params"), mode="r").fill_value)

@@ -22,7 +22,7 @@ from .spec import CameraSpec, DatasetSpec
 from .storage import RunDirError
 from .trajectories import REGISTRY
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["make_trajectories", "generate", "ensure_dataset", "open_dataset", "verify_run", "DatasetSpec",
            "CameraSpec", "GenerationResult", "TrajectoryData", "RunDirError", "REGISTRY",

@@ -1299,7 +1299,10 @@ def check_managed_entries(run_dir, layout=None):
     if is_remote(run_dir):
         return
     names = [SPEC_FILE, MANIFEST_FILE, LOCK_FILE, *PROGRESS_FILES]
-    folders = [(SHARDS_DIR, _RECORD_RE), (ANNOTATIONS_DIR, _ANNOTATION_RE)]
+    # without a layout (or with JSON lines) annotations/ counts as trajlab's
+    folders = [(SHARDS_DIR, _RECORD_RE)]
+    if layout is None or ANNOTATIONS_DIR in layout.folders:
+        folders.append((ANNOTATIONS_DIR, _ANNOTATION_RE))
     if layout is not None and layout.format_version == 2:
         names += [zstore.STORE_DIR, *layout.store_documents()]
         folders += [(f, zstore.chunk_key_pattern(name, len(shape)))
@@ -1647,11 +1650,12 @@ def params_records(layout, shard, labels, splits, params, run_dir):
     for c, cols in enumerate(param_columns(spec).values()):
         for _key, off, shape in cols:
             used[c, off:off + (shape[0] if shape else 1)] = True
-    bad = np.isfinite(mat) != used[lab]
+    # a used column finite, an unused one NaN (inf there is not trajlab's)
+    bad = ~np.where(used[lab], np.isfinite(mat), np.isnan(mat))
     if bad.any():
         k = int(np.flatnonzero(bad.any(axis=1))[0])
         raise RunDirError(f"{where}: sample {a + k} has parameters that are not finite, or "
-                          f"values in columns its class does not use." + fix)
+                          f"values other than NaN in columns its class does not use." + fix)
     return tuple(annotation_records(spec, np.arange(a, b), lab, spl, mat))
 
 
@@ -1664,9 +1668,11 @@ def read_shard_records(run_dir, layout, shard, sums=None):
         for name in ("labels", "splits", "params"):
             try:
                 raw[name] = shard_slice_bytes(run_dir, layout, name, shard)
-            except zstore.DamagedObject as exc:
-                raise RunDirError(f"{exc}. Run `trajlab verify --repair` then `trajlab "
-                                  "generate` on the run dir.") from None
+            except (zstore.DamagedObject, OSError, RunDirError) as exc:
+                raise RunDirError(f"Annotations of shard {shard} are missing or unreadable "
+                                  f"(the {name} they are made from: {exc}). Run `trajlab "
+                                  "verify --repair` then `trajlab generate` on the run "
+                                  "dir.") from None
             if sums is not None and layout.digest(raw[name]) != sums[name]:
                 path = zstore.object_path(run_dir, layout, name, shard)
                 raise RunDirError(

@@ -193,7 +193,9 @@ def array_document(layout, name):
         "shape": list(shape), "data_type": _ZARR_DTYPES[dt.name],
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
-        "fill_value": 0.0 if dt.kind == "f" else 0,
+        # params: NaN, as in the columns a class does not use (an absent
+        # shard then reads as no parameters, not as zeros)
+        "fill_value": ("NaN" if name == "params" else 0.0) if dt.kind == "f" else 0,
         "codecs": codecs,
         "attributes": _attributes(layout, name),
         "dimension_names": list(DIMENSIONS[name]),
