@@ -1,7 +1,8 @@
 """A local S3 server for the tests: moto's server mode on 127.0.0.1.
 
 Import the fixture into a test module (``from _s3 import s3  # noqa: F401``).
-``s3`` starts ``python -m moto.server`` once per test session on a free
+``s3`` starts moto's server (``_moto_server.py``: conditional writes made
+atomic, as on AWS S3) once per test session on a free
 loopback port, points the environment at it (dummy credentials,
 ``AWS_ENDPOINT_URL``; child processes such as joblib and dask workers
 inherit it), creates the bucket :data:`BUCKET`, and stops the server at the
@@ -26,6 +27,8 @@ import pytest
 BUCKET = "trajlab-test"
 #: How long moto_server may take to answer (it takes 1-4 s here).
 START_TIMEOUT = 60.0
+#: The launcher: moto's server with atomic conditional writes (see its docstring).
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_moto_server.py")
 
 
 def _free_port():
@@ -70,8 +73,8 @@ def _start():
         # buffer is full (about 600 requests) the server blocks on the write
         # and every later request hangs.
         log = tempfile.TemporaryFile()
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, SERVER, "127.0.0.1", str(port)],
+                                stdout=subprocess.DEVNULL,
                                 stderr=log, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         proc.log = log
         deadline = time.monotonic() + START_TIMEOUT

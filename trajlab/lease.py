@@ -33,9 +33,10 @@ A stale lease is one whose last write is more than ``ttl_seconds +``
 :data:`CLOCK_RESOLUTION` old: S3 reports both times in whole seconds.
 
 **Which stores are safe.** The lease is exactly as safe as the store's
-conditional writes: AWS S3, MinIO releases with conditional writes and
-moto honour them; an S3-compatible server that ignores the headers does
-not. :meth:`Lease.acquire` therefore probes the store (a second
+conditional writes: AWS S3 and MinIO releases with conditional writes
+decide them atomically; an S3-compatible server that ignores the headers
+does not, and neither does moto's server under concurrent requests (it
+checks and writes in separate steps; the tests serialize its writes). :meth:`Lease.acquire` therefore probes the store (a second
 ``put_if_absent`` of its own lease and a ``put_if_match`` with a wrong ETag
 must both fail) and refuses a store that accepts either, unless
 ``allow_unsafe_store=True`` (only for a single writer on one host). On a

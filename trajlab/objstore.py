@@ -30,9 +30,12 @@ Conditional operations and their limits
 ---------------------------------------
 They exist for the single-writer lease (:mod:`trajlab.lease`).
 
-* S3: atomic on the server. Safe where the server honours the headers (AWS
-  S3, MinIO releases with conditional writes, moto); an S3-compatible server
-  that ignores them is caught by the lease's probe.
+* S3: atomic on the server. Safe where the server honours the headers
+  atomically (AWS S3, MinIO releases with conditional writes); an
+  S3-compatible server that ignores them is caught by the lease's probe.
+  moto's server checks and writes in separate steps (two concurrent writes
+  on one ETag can both succeed), which no probe can see; the tests run it
+  with one mutating request at a time (``tests/_moto_server.py``).
 * Local: ``put_if_absent`` writes a temporary file and ``os.link``\\ s it to
   the key (fails if the key exists, even against a plain :meth:`put`);
   ``put_if_match`` and ``delete_if_match`` compare and write while holding
