@@ -64,6 +64,17 @@ def test_the_layout_says_where_the_parameters_are(pair):
     assert "annotations" not in rec["xxh3_128"] and "params" in rec["stored_bytes"]
 
 
+def test_the_column_table_is_immutable_where_it_is_shared():
+    """param_columns is cached: what a caller gets cannot change what the
+    next run dir writes."""
+    cols = param_columns(SPEC)
+    assert cols["linear"][0] == ("p0", 0, (3,)) and cols["circular"][1] == ("radius", 3, ())
+    with pytest.raises(TypeError):
+        cols["linear"][0][2][0] = 7                 # noqa: B018  (a tuple refuses)
+    cols["linear"] = ()                             # the dict is the caller's own
+    assert param_columns(SPEC)["linear"][0] == ("p0", 0, (3,))
+
+
 def test_any_zarr_reader_gets_the_parameters(pair):
     zarr = pytest.importorskip("zarr")
     new, _old = pair

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import time
 import tracemalloc
 
 import numpy as np
@@ -346,6 +347,29 @@ def test_videos_rendered_in_pieces_are_the_videos_rendered_whole(tmp_path, monke
     if options.get("pixel_noise"):
         with pytest.raises(ValueError, match="render_videos=False needs pixel_noise == 0"):
             generate_samples(spec, np.arange(4), render_videos=False)
+
+
+def test_generate_seconds_count_the_rendering_of_streamed_videos(tmp_path, monkeypatch):
+    # the record's generate_seconds is trajectories plus rendering, also
+    # where rendering is interleaved with hashing and compression
+    from trajlab import storage
+
+    calls = []
+    real = storage.render_rows
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.03)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "render_rows", slow)
+    monkeypatch.setattr(storage, "STREAM_BYTES", 4 * 6 * 3 * 16 * 16)
+    spec = DatasetSpec(n_samples=20, n_frames=6, image_size=16, seed=8)
+    layout = storage.RunLayout(spec, 20, 2)
+    layout.preallocate(str(tmp_path))
+    rec = storage.write_shard(str(tmp_path), layout, 0)
+    assert len(calls) == 5                              # 20 clips in pieces of 4
+    assert 0.03 * len(calls) <= rec["generate_seconds"] <= rec["seconds"]
 
 
 def test_a_video_object_built_in_pieces_is_the_encoded_shard():

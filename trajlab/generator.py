@@ -410,7 +410,8 @@ def _class_columns(name, clip_seconds, n_frames, gravity):
         if x.dtype != np.float64 or x.ndim > 2:
             raise TypeError(f"parameter {key!r} of class {name!r} is {x.dtype} of {x.ndim} "
                             "dimensions; trajlab stores float64 scalars and vectors")
-        shape = list(x.shape[1:])
+        # a tuple: the cached answer is shared by every caller
+        shape = tuple(x.shape[1:])
         out.append((key, offset, shape))
         offset += shape[0] if shape else 1
     return tuple(out)
@@ -418,8 +419,9 @@ def _class_columns(name, clip_seconds, n_frames, gravity):
 
 def param_columns(spec):
     """``{class: ((name, first column, shape), ...)}``: where each class's
-    parameters lie in a row of :attr:`Block.param_matrix` (shape ``[]`` a
-    scalar, ``[k]`` a vector of ``k`` columns). The matrix has
+    parameters lie in a row of :attr:`Block.param_matrix` (shape ``()`` a
+    scalar, ``(k,)`` a vector of ``k`` columns; spec.json and the zarr
+    attributes write it as a JSON list). The matrix has
     :func:`n_param_columns` columns; a class leaves the rest NaN."""
     return {name: _class_columns(name, spec.clip_seconds, spec.n_frames, spec.gravity)
             for name in spec.classes}

@@ -714,7 +714,7 @@ class RunLayout:
         if self.annotations == "jsonl":
             return {}
         return {"annotations": self.annotations,
-                "param_columns": {c: [list(col) for col in cols]
+                "param_columns": {c: [[key, off, list(shape)] for key, off, shape in cols]
                                   for c, cols in param_columns(self.spec).items()}}
 
     def _checksum_entry(self):
@@ -843,20 +843,26 @@ STREAM_BYTES = 3 * 2**20
 
 
 def _stream_videos(layout, block, n):
-    """``(checksum, object)`` of a block's videos, rendered in pieces of
-    about :data:`STREAM_BYTES` into a reused buffer."""
+    """``(checksum, object, render seconds)`` of a block's videos, rendered
+    in pieces of about :data:`STREAM_BYTES` into a reused buffer."""
     T, S = layout.spec.n_frames, layout.spec.image_size
-    step = max(1, min(n, STREAM_BYTES // (T * 3 * S * S)))
+    rows = max(1, STREAM_BYTES // (T * 3 * S * S))
+    step = min(n, rows)
+    # one buffer per clip shape, kept across shards (a short last shard
+    # uses the front of it)
     buf = getattr(_BUFFERS, "piece", None)
-    if buf is None or buf.shape != (step, T, 3, S, S):
-        buf = _BUFFERS.piece = np.empty((step, T, 3, S, S), dtype=np.uint8)
+    if buf is None or buf.shape != (rows, T, 3, S, S):
+        buf = _BUFFERS.piece = np.empty((rows, T, 3, S, S), dtype=np.uint8)
     hasher, obj = layout.hasher(), zstore.VideoObject(layout)
+    render_seconds = 0.0
     for a in range(0, n, step):
         b = min(n, a + step)
+        t0 = time.perf_counter()
         piece = render_rows(layout.spec, block, a, b, buf[:b - a])
+        render_seconds += time.perf_counter() - t0
         hasher.update(piece.data)
         obj.add(piece)
-    return hasher.hexdigest(), obj.finish()
+    return hasher.hexdigest(), obj.finish(), render_seconds
 
 
 def _annotation_text(layout, block):
@@ -880,8 +886,10 @@ def encode_shard(layout, shard):
         # the whole shard first and then reading it back from memory twice
         block = generate_samples(layout.spec, np.arange(start, stop, dtype=np.int64),
                                  render_videos=False)
-        t_gen = time.perf_counter() - t0
-        checksums["videos"], objects["videos"] = _stream_videos(layout, block, stop - start)
+        t_traj = time.perf_counter() - t0
+        checksums["videos"], objects["videos"], t_render = _stream_videos(layout, block,
+                                                                          stop - start)
+        t_gen = t_traj + t_render       # rendering counts as generating on both paths
     else:
         block = generate_block(layout.spec, start, stop,
                                videos_out=_render_buffer(layout, stop - start))
@@ -1627,9 +1635,20 @@ def parse_annotations(raw, layout, shard, run_dir):
 
 def params_records(layout, shard, labels, splits, params, run_dir):
     """The annotation records of ``shard`` made from its stored labels,
-    splits and parameter matrix (raw bytes or arrays), checked to be what
-    trajlab writes: labels and splits in range, the columns of each
-    sample's class finite and the others NaN. RunDirError otherwise."""
+    splits and parameter matrix (raw bytes or arrays), checked first by
+    :func:`check_params`. RunDirError if they are not what trajlab writes."""
+    lab, spl, mat = check_params(layout, shard, labels, splits, params, run_dir)
+    a, b = layout.shard_range(shard)
+    return tuple(annotation_records(layout.spec, np.arange(a, b), lab, spl, mat))
+
+
+def check_params(layout, shard, labels, splits, params, run_dir):
+    """``(labels, splits, params)`` of ``shard`` as arrays, checked to be
+    what trajlab writes: one row per sample, labels and splits in range,
+    the columns of each sample's class finite and the others NaN.
+    RunDirError otherwise. The records made from such parameters are then
+    well formed, so ``verify`` checks this and does not make them (about
+    20 us a record)."""
     spec = layout.spec
     a, b = layout.shard_range(shard)
     lab = np.frombuffer(labels, np.int64) if isinstance(labels, (bytes, memoryview)) \
@@ -1656,7 +1675,7 @@ def params_records(layout, shard, labels, splits, params, run_dir):
         k = int(np.flatnonzero(bad.any(axis=1))[0])
         raise RunDirError(f"{where}: sample {a + k} has parameters that are not finite, or "
                           f"values other than NaN in columns its class does not use." + fix)
-    return tuple(annotation_records(spec, np.arange(a, b), lab, spl, mat))
+    return lab, spl, mat
 
 
 def read_shard_records(run_dir, layout, shard, sums=None):
@@ -1767,7 +1786,7 @@ def check_shard_data(run_dir, layout, shard, rec, skip=()):
         if {"labels", "splits", "params"} & set(skip):
             return None
         try:
-            params_records(layout, shard, raw["labels"], raw["splits"], raw["params"], run_dir)
+            check_params(layout, shard, raw["labels"], raw["splits"], raw["params"], run_dir)
         except RunDirError as exc:
             return "params", str(exc)
         return None
@@ -1804,4 +1823,4 @@ __all__ += ["load_layout", "read_record", "shard_slice_bytes", "write_text_atomi
             "check_manifest", "compare_manifest", "read_manifest", "check_record",
             "available_memory", "read_json_file", "parse_annotations",
             "read_annotations_bytes", "check_shard_data", "stored_size_problem",
-            "read_shard_records", "params_records", "ANNOTATIONS"]
+            "read_shard_records", "params_records", "check_params", "ANNOTATIONS"]

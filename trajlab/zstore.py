@@ -209,7 +209,8 @@ def _attributes(layout, name):
         return {}
     from .generator import param_columns
 
-    return {"columns": {c: [{"name": k, "column": off, "shape": shape} for k, off, shape in cols]
+    return {"columns": {c: [{"name": k, "column": off, "shape": list(shape)}
+                            for k, off, shape in cols]
                         for c, cols in param_columns(layout.spec).items()},
             "classes": list(layout.spec.classes),
             "note": "row i holds the parameters of sample i's class (labels[i] indexes "
