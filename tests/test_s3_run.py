@@ -97,6 +97,37 @@ def test_cli_generate_status_info_and_verify_on_a_bucket(s3, local):  # noqa: F8
     assert run_cli("generate", url, check=True).returncode == 0
 
 
+def test_status_of_a_bucket_judges_age_by_the_store_clock(s3, monkeypatch):  # noqa: F811
+    """The writer's host and the reader's host may disagree about the time:
+    the age of progress.json is its LastModified against the store's Date,
+    and only differences of the writer's own times are used."""
+    from trajlab.objstore import S3Store
+    from trajlab.progress import read_status
+
+    url = s3.new_url("clock")
+    store = open_store(url)
+    writer_now = time.time() - 1000.0           # the writer's clock is 1000 s behind
+    snap = {"state": "running", "host": "another-host", "pid": 1, "done": 10, "total": 96,
+            "heartbeat_seconds": 15.0, "updated_unix": writer_now,
+            "last_checkpoint_unix": writer_now - 5.0, "mean_checkpoint_seconds": 1.0}
+    store.put("progress.json", json.dumps(snap).encode())
+    status = read_status(url)
+    assert status["verdict"] == "running", status["reason"]
+    assert status["age_seconds"] < 30
+    # no shard for 700 s by the writer's own clock: hung workers
+    snap["last_checkpoint_unix"] = writer_now - 700.0
+    store.put("progress.json", json.dumps(snap).encode())
+    status = read_status(url)
+    assert status["verdict"] == "stalled" and "no shard completed for 11m 40s" in status["reason"]
+    # the same object, seen 1000 s later by the store's clock: the writer is gone
+    snap["last_checkpoint_unix"] = writer_now - 5.0
+    store.put("progress.json", json.dumps(snap).encode())
+    real = S3Store.server_time
+    monkeypatch.setattr(S3Store, "server_time", lambda self, key=None: real(self, key) + 1000)
+    status = read_status(url)
+    assert status["verdict"] == "stalled" and "no update for 16m" in status["reason"]
+
+
 #: Lease TTL of the killed writer: long enough that a loaded machine still
 #: finds its lease fresh right after the kill. (10 s was not: with the moto
 #: server busy, the status call and the listing of the bucket between the

@@ -329,7 +329,10 @@ def read_status(run_dir, stale_after=None):
         else os.path.isfile(os.path.join(run_dir, "manifest.json"))
     try:
         snap = read_json_file(path, run_dir, PROGRESS_JSON)
-        age = time.time() - _number(snap.get("updated_unix"), 0.0)
+        updated = _number(snap.get("updated_unix"), 0.0)
+        age, slack = time.time() - updated, 0.0
+        if is_remote(run_dir):
+            age, slack = _store_age(path, age)
     except FileNotFoundError:
         verdict = "finished" if complete else "missing"
         return {"verdict": verdict, "reason": f"no {PROGRESS_JSON} in {run_dir!r}",
@@ -342,7 +345,8 @@ def read_status(run_dir, stale_after=None):
     if stale_after is None:
         hb = _number(snap.get("heartbeat_seconds"), 15.0)
         stale_after = max(STALE_MIN_SECONDS, STALE_HEARTBEATS * hb)
-    since_checkpoint = time.time() - _number(snap.get("last_checkpoint_unix"), time.time())
+    # the writer's clock only for a difference of its own times
+    since_checkpoint = age + updated - _number(snap.get("last_checkpoint_unix"), updated)
     mean = _number(snap.get("mean_checkpoint_seconds"), 0.0)
     stall_after = max(STALL_AFTER, 20.0 * float(mean))
     if state == "running":
@@ -350,7 +354,7 @@ def read_status(run_dir, stale_after=None):
         if same_host and not pid_alive(snap.get("pid")):
             snap.update(verdict="stalled",
                         reason=f"process {snap.get('pid')} on this host is gone")
-        elif age > stale_after:
+        elif age > stale_after + slack:
             snap.update(verdict="stalled",
                         reason=f"no update for {_fmt_seconds(age)} (> {_fmt_seconds(stale_after)})")
         elif since_checkpoint > stall_after:
@@ -370,6 +374,25 @@ def read_status(run_dir, stale_after=None):
     else:
         snap.update(verdict="missing", reason=f"unknown state {state!r}")
     return snap
+
+
+def _store_age(path, fallback):
+    """``(age, slack)`` of the object ``path`` by the store's own clock (its
+    LastModified against the Date of the store's answer), so that neither
+    the writer's nor this host's clock matters; S3 gives whole seconds,
+    hence a slack of a second. ``(fallback, 0)`` if the store gives no
+    answer (the object went away between the two requests, say)."""
+    from .lease import CLOCK_RESOLUTION
+    from .storage import _remote
+
+    try:
+        store, key = _remote(path)
+        info = store.head(key)
+        if info is None:
+            return fallback, 0.0
+        return max(0.0, store.server_time(key) - info.last_modified), CLOCK_RESOLUTION
+    except OSError:
+        return fallback, 0.0
 
 
 def _number(x, default):
