@@ -16,6 +16,7 @@ Usage: ``python tests/_moto_server.py HOST PORT``.
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 import threading
@@ -41,11 +42,24 @@ class SerializedWrites:
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") not in MUTATING:
             return self.app(environ, start_response)
+        # The request body is read before the lock is taken: a slow or
+        # stalled uploader then holds up no other writer.
+        if environ.get("wsgi.input_terminated"):
+            data = environ["wsgi.input"].read()
+        else:
+            data = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
         with self.lock:
             body = self.app(environ, start_response)
-            # Materialize the answer inside the lock (it is small and fully
-            # built already; a lazy iterable would escape the lock).
-            return [b"".join(body)]
+            # The answer is built inside the lock (it is small and complete
+            # already; a lazy iterable would escape the lock).
+            try:
+                return [b"".join(body)]
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
 
 
 def main(argv):

@@ -290,11 +290,15 @@ def test_put_if_absent_race_has_one_winner(store):
 
 
 def test_put_if_match_race_has_one_winner(store):
-    etag = store.put("race", b"start")
-    results = _race(lambda i: store.put_if_match("race", f"writer {i}".encode(), etag))
-    winners = [i for i, r in enumerate(results) if r is not None]
-    assert len(winners) == 1
-    assert store.get("race", 100) == f"writer {winners[0]}".encode()
+    # rounds: moto's own server let two contenders win in 1-3 % of rounds
+    # under load (tests/_moto_server.py makes it atomic, as S3 is)
+    for r in range(20):
+        key = f"race{r}"
+        etag = store.put(key, b"start")
+        results = _race(lambda i: store.put_if_match(key, f"writer {i}".encode(), etag))
+        winners = [i for i, res in enumerate(results) if res is not None]
+        assert len(winners) == 1, (r, results)
+        assert store.get(key, 100) == f"writer {winners[0]}".encode()
 
 
 def test_server_time(store):

@@ -391,7 +391,7 @@ def _store_age(path, fallback):
         if info is None:
             return fallback, 0.0
         return max(0.0, store.server_time(key) - info.last_modified), CLOCK_RESOLUTION
-    except OSError:
+    except Exception:   # best effort: s3fs passes some botocore errors on as they are
         return fallback, 0.0
 
 
