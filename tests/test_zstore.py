@@ -411,6 +411,30 @@ def test_generate_seconds_count_the_rendering_of_streamed_videos(tmp_path, monke
     assert 0.03 * len(calls) <= rec["generate_seconds"] <= rec["seconds"]
 
 
+def test_a_video_object_holds_its_compressed_size_not_the_bound_of_each_clip():
+    # python-zstandard leaves every frame at zstd's bound (24 KiB for a
+    # 8x32^2 clip of ~250 compressed bytes): a shard kept as frames held
+    # ~97 MiB, its object is ~1 MiB
+    from trajlab.storage import RunLayout
+
+    spec = DatasetSpec(n_samples=2048, n_frames=8, image_size=32, seed=3)
+    layout = RunLayout(spec, 2048, 2)
+    videos = trajlab.make_trajectories(spec=spec)[0]
+    piece = 128
+    tracemalloc.start()
+    try:
+        obj = zstore.VideoObject(layout)
+        for a in range(0, 2048, piece):
+            obj.add(videos[a:a + piece])
+        held = tracemalloc.get_traced_memory()[0]
+        out = obj.finish()
+    finally:
+        tracemalloc.stop()
+    bound_of_a_piece = piece * zstore.compress_bound(videos[0].nbytes)
+    assert held < len(out) + 2 * bound_of_a_piece, (held, len(out))
+    assert out == zstore.encode(layout, "videos", videos)
+
+
 def test_a_video_object_built_in_pieces_is_the_encoded_shard():
     spec = DatasetSpec(n_samples=30, n_frames=4, image_size=16, seed=2)
     from trajlab.storage import RunLayout
