@@ -631,6 +631,41 @@ def test_symlinked_folder_is_refused(fresh_run, tmp_path, folder):
     assert snapshot(elsewhere) == before
 
 
+@pytest.mark.parametrize("folder", ["data", "shards"])
+def test_a_folder_swapped_for_a_link_during_the_run_is_not_written_through(
+        fresh_run, tmp_path, monkeypatch, fmt, folder):
+    """The run dir passed its checks; then, while a shard is being made,
+    one of its folders is moved away and a link to it put in its place.
+    The shard's objects (format 2: data/<array>/; format 1: annotations/)
+    or the parent's record (shards/) must not be written through it."""
+    import shutil
+
+    from trajlab import storage
+
+    if folder == "data":
+        folder = "data/videos" if fmt == 2 else "annotations"
+    elsewhere = tmp_path / "elsewhere"
+    os.remove(fresh_run / "shards" / "00002.json")
+    os.remove(fresh_run / "manifest.json")
+    target = "encode_shard" if fmt == 2 else "generate_block"
+    real = getattr(storage, target)
+    seen = {}
+
+    def swap_then_make(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not seen:
+            shutil.move(fresh_run / folder, elsewhere)
+            os.symlink(elsewhere, fresh_run / folder)
+            seen["before"] = snapshot(elsewhere)
+        return out
+
+    monkeypatch.setattr(storage, target, swap_then_make)
+    with pytest.raises(RunDirError, match=f"{re.escape(folder)}' became a symbolic link"):
+        generate(SMALL, fresh_run, n_jobs=1, progress="none")
+    assert snapshot(elsewhere) == seen["before"]
+    assert not any(".trajlab-tmp." in f for f in os.listdir(elsewhere))
+
+
 def test_hard_linked_array_is_not_written(fresh_run, tmp_path, fmt):
     """A second name of the same inode (e.g. a `cp -al` backup) would be
     changed too. Format 2 never writes in place: a shard object is replaced

@@ -491,7 +491,7 @@ def test_local_put_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
     store = LocalStore(tmp_path / "run")
     store.put("k", b"old", fsync=True)
 
-    def failing_replace(src, dst):
+    def failing_replace(src, dst, **dir_fds):
         raise OSError(28, "No space left on device")
 
     # a failure at the rename (the last step) leaves the old object and no temporary file

@@ -385,7 +385,7 @@ def _repair_store(run_dir, layout):
             obj, reason = None, str(exc)
         if reason is None and not _diff_paths(obj, doc):     # type-strict: true != 1
             continue
-        write_bytes_atomic(path, zstore.document_bytes(doc))
+        write_bytes_atomic(path, zstore.document_bytes(doc), root=run_dir)
         rebuilt.append(f"{rel}: rewritten ({'it was missing' if reason == 'missing' else 'it differed from what trajlab writes'})")
     make_dirs(run_dir, layout.folders)
     for d in (".", SHARDS_DIR, ANNOTATIONS_DIR, zstore.STORE_DIR,
@@ -466,7 +466,7 @@ def _is_complete_now(run_dir, layout):
 
 def _drop_records(run_dir, layout, shards):
     for s in shards:
-        remove_file(layout.shard_record_path(run_dir, s))
+        remove_file(layout.shard_record_path(run_dir, s), root=run_dir)
 
 
 def _finalize(run_dir, layout, doc, fsync=False):
@@ -973,5 +973,6 @@ def _run_shards(run_dir, layout, shards, n_jobs, fsync, backend, scheduler, prog
         env = _object_store_env(run_dir, backend)
         tasks = (delayed(_shard_task)(run_dir, layout, s, fsync, parent, env) for s in shards)
         for rec in parallel(tasks):
-            write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec, fsync=fsync)
+            write_json_atomic(layout.shard_record_path(run_dir, rec["shard"]), rec, fsync=fsync,
+                              root=run_dir)
             prog.update(rec["stop"] - rec["start"])

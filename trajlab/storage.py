@@ -162,6 +162,53 @@ def open_nofollow(path, flags, mode=0o666):
     return fd
 
 
+def open_dir_beneath(root, rel, what=None):
+    """An fd of the folder ``rel`` (relative to ``root``), every component
+    of ``rel`` opened without following a link (``O_NOFOLLOW``, one
+    ``openat`` each); ``root`` itself is the caller's path and may be a
+    link. A folder of a run dir swapped for a link after the run dir was
+    checked then fails here (:class:`_LinkError`) instead of sending the
+    write, or the removal, to wherever the link points."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parts = [p for p in os.path.normpath(rel).split(os.sep) if p not in ("", ".")]
+    done = []
+    try:
+        for part in parts:
+            if part == "..":
+                raise ValueError(f"{rel!r} leaves {root!r}")
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            except OSError as exc:
+                done.append(part)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
+                        os.path.join(root, *done)):
+                    raise _LinkError(
+                        f"{os.path.join(root, *done)!r} became a symbolic link while trajlab "
+                        f"was using the run directory{' (' + what + ')' if what else ''}. "
+                        "trajlab never writes through links (they could point anywhere); "
+                        "put the real folder back, then run the command again.") from None
+                raise
+            os.close(fd)
+            fd = nfd
+            done.append(part)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _dir_of(path, root):
+    """``(directory fd, file name)`` for a write or removal of ``path``:
+    beneath ``root`` without following links (:func:`open_dir_beneath`),
+    else the folder as named."""
+    d, base = os.path.split(os.fspath(path))
+    if root is None:
+        return os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), base
+    rel = os.path.relpath(d or ".", root)
+    return open_dir_beneath(root, rel, what=f"writing {os.path.join(rel, base)}"), base
+
+
 def open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
     """Open a run-dir file for writing in place: no symlink, no second hard
     link (a ``cp -al`` copy, or a link to another file, would change too)."""
@@ -246,7 +293,7 @@ def remove_stale_temps(directory, target=None):
 
 
 @contextlib.contextmanager
-def atomic_writer(path, fsync=False):
+def atomic_writer(path, fsync=False, root=None):
     """The one way trajlab replaces a file: write it through a new
     temporary file, then ``os.replace``.
 
@@ -258,16 +305,20 @@ def atomic_writer(path, fsync=False):
     never its target. If anything fails, also a signal (KeyboardInterrupt)
     landing anywhere in between, the temporary file is removed (a full disk
     leaves no empty file behind) and ``path`` is unchanged. With ``fsync``,
-    the file and the rename reach stable storage.
+    the file and the rename reach stable storage. With ``root`` (a folder
+    ``path`` lies in), the folders between ``root`` and ``path`` are
+    opened without following links (:func:`open_dir_beneath`); the file
+    is created and renamed relative to its folder's fd either way.
     """
     path = os.fspath(path)
     tmp = None
+    dfd, base = _dir_of(path, root)
     try:
         for _ in range(16):
-            tmp = temp_path(path)
+            tmp = os.path.basename(temp_path(path))
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o666)
+                             | os.O_CLOEXEC, 0o666, dir_fd=dfd)
                 break
             except FileExistsError:
                 tmp = None       # not ours
@@ -278,21 +329,24 @@ def atomic_writer(path, fsync=False):
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
         tmp = None
+        if fsync:
+            os.fsync(dfd)
     except BaseException:
         if tmp is not None:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
             except OSError:
                 pass
         raise
-    if fsync:
-        fsync_dir(os.path.dirname(path) or ".")
+    finally:
+        os.close(dfd)
 
 
-def write_bytes_atomic(path, data, fsync=False):
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`).
+def write_bytes_atomic(path, data, fsync=False, root=None):
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`;
+    ``root``: the run dir, whose folders are then not followed if links).
     An ``s3://`` path is one PUT (atomic and durable once it returns), made
     only while this process's lease on the run dir, if it holds one, is
     fresh (:func:`check_lease`)."""
@@ -304,11 +358,11 @@ def write_bytes_atomic(path, data, fsync=False):
             _SIZES.sizes[listed] = len(data)
             _SIZES.cache.pop(listed, None)
         return
-    with atomic_writer(path, fsync=fsync) as fh:
+    with atomic_writer(path, fsync=fsync, root=root) as fh:
         fh.write(data)
 
 
-def write_objects(items, fsync=False):
+def write_objects(items, fsync=False, root=None):
     """:func:`write_bytes_atomic` of every ``(path, data)`` of ``items`` (a
     worker's objects of one shard). Remote paths of one bucket go out as
     concurrent PUTs: a shard's 13 objects then cost about one round trip,
@@ -316,7 +370,7 @@ def write_objects(items, fsync=False):
     remote = [(p, d) for p, d in items if is_remote(p)]
     for p, d in items:
         if not is_remote(p):
-            write_bytes_atomic(p, d, fsync=fsync)
+            write_bytes_atomic(p, d, fsync=fsync, root=root)
     if remote:                  # a shard's objects: all under one run dir, one bucket
         for p, _d in remote:
             check_lease(p)
@@ -324,10 +378,10 @@ def write_objects(items, fsync=False):
         store.put_many([(_remote(p)[1], d) for p, d in remote])
 
 
-def remove_file(path):
+def remove_file(path, root=None):
     """Delete the file or object ``path`` (a link itself, never its
     target); a missing one is not an error. Remote: under the lease, as
-    :func:`write_bytes_atomic`."""
+    :func:`write_bytes_atomic`. ``root``: as for :func:`atomic_writer`."""
     if is_remote(path):
         check_lease(path)
         store, key = _remote(path)
@@ -336,14 +390,25 @@ def remove_file(path):
             _SIZES.sizes.pop(listed, None)
             _SIZES.cache.pop(listed, None)
         return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    if root is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    try:
+        dfd, base = _dir_of(path, root)
+    except FileNotFoundError:
+        return                  # its folder is gone: so is the file
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
-def write_json_atomic(path, obj, indent=2, fsync=False):
+def write_json_atomic(path, obj, indent=2, fsync=False, root=None):
     """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
     text = json.dumps(obj, indent=indent, sort_keys=True) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync, root=root)
 
 
 def write_text_atomic(path, text, fsync=False):
@@ -747,7 +812,8 @@ class RunLayout:
             for rel, doc in self.store_documents().items():
                 if os.path.islink(os.path.join(run_dir, rel)):
                     raise _symlink_error(os.path.join(run_dir, rel))
-                write_bytes_atomic(os.path.join(run_dir, rel), zstore.document_bytes(doc))
+                write_bytes_atomic(os.path.join(run_dir, rel), zstore.document_bytes(doc),
+                                   root=run_dir)
             make_dirs(run_dir, self.folders)
             return
         for name, (fname, shape, dt, hlen, per) in self.arrays().items():
@@ -920,7 +986,7 @@ def write_shard(run_dir, layout, shard, fsync=False):
         block, checksums, encoded, t_gen = encode_shard(layout, shard)
         write_objects([(layout.annotations_path(run_dir, shard) if name == "annotations"
                         else zstore.object_path(run_dir, layout, name, shard), obj)
-                       for name, obj in encoded.items()], fsync=fsync)
+                       for name, obj in encoded.items()], fsync=fsync, root=run_dir)
         extra["stored_bytes"] = {name: len(obj) for name, obj in encoded.items()}
     else:
         block = generate_block(layout.spec, start, stop)
@@ -938,7 +1004,8 @@ def write_shard(run_dir, layout, shard, fsync=False):
                 os.close(fd)
         text = _annotation_text(layout, block)
         checksums["annotations"] = layout.digest(text)
-        write_objects([(layout.annotations_path(run_dir, shard), text)], fsync=fsync)
+        write_objects([(layout.annotations_path(run_dir, shard), text)], fsync=fsync,
+                      root=run_dir)
     return {**extra,
         "shard": shard,
         "start": start,
