@@ -666,6 +666,31 @@ def test_a_folder_swapped_for_a_link_during_the_run_is_not_written_through(
     assert not any(".trajlab-tmp." in f for f in os.listdir(elsewhere))
 
 
+def test_writes_beneath_a_run_dir(tmp_path):
+    """The run dir itself may be a link; a missing folder or a file in a
+    folder's place is named by its whole path; a missing folder has no file
+    to remove."""
+    from trajlab.storage import remove_file, write_bytes_atomic
+
+    root = str(tmp_path)
+    with pytest.raises(FileNotFoundError) as exc:
+        write_bytes_atomic(os.path.join(root, "no", "f"), b"x", root=root)
+    assert exc.value.filename == os.path.join(root, "no")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError) as exc:
+        write_bytes_atomic(os.path.join(root, "afile", "f"), b"x", root=root)
+    assert exc.value.filename == os.path.join(root, "afile")
+    remove_file(os.path.join(root, "no", "f"), root=root)
+    (tmp_path / "real" / "shards").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    alias = str(tmp_path / "alias")
+    write_bytes_atomic(os.path.join(alias, "shards", "r.json"), b"{}", root=alias, fsync=True)
+    assert (tmp_path / "real" / "shards" / "r.json").read_bytes() == b"{}"
+    assert os.listdir(tmp_path / "real" / "shards") == ["r.json"]      # no temporary left
+    remove_file(os.path.join(alias, "shards", "r.json"), root=alias)
+    assert not (tmp_path / "real" / "shards" / "r.json").exists()
+
+
 def test_hard_linked_array_is_not_written(fresh_run, tmp_path, fmt):
     """A second name of the same inode (e.g. a `cp -al` backup) would be
     changed too. Format 2 never writes in place: a shard object is replaced

@@ -162,6 +162,12 @@ def open_nofollow(path, flags, mode=0o666):
     return fd
 
 
+#: Flags of the folder fds writes are made relative to: O_PATH where there
+#: is one (Linux), so that a folder needs no read permission, as a write by
+#: path needed none.
+_DIR_FLAGS = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+
+
 def open_dir_beneath(root, rel, what=None):
     """An fd of the folder ``rel`` (relative to ``root``), every component
     of ``rel`` opened without following a link (``O_NOFOLLOW``, one
@@ -169,28 +175,27 @@ def open_dir_beneath(root, rel, what=None):
     link. A folder of a run dir swapped for a link after the run dir was
     checked then fails here (:class:`_LinkError`) instead of sending the
     write, or the removal, to wherever the link points."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     parts = [p for p in os.path.normpath(rel).split(os.sep) if p not in ("", ".")]
+    if ".." in parts:
+        raise RunDirError(f"{rel!r} is not inside {root!r}")
+    fd = os.open(root, _DIR_FLAGS)
     done = []
     try:
         for part in parts:
-            if part == "..":
-                raise ValueError(f"{rel!r} leaves {root!r}")
             try:
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
+                nfd = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
-                done.append(part)
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
-                        os.path.join(root, *done)):
+                where = os.path.join(root, *done, part)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                        os.lstat(part, dir_fd=fd).st_mode):
                     raise _LinkError(
-                        f"{os.path.join(root, *done)!r} became a symbolic link while trajlab "
-                        f"was using the run directory{' (' + what + ')' if what else ''}. "
-                        "trajlab never writes through links (they could point anywhere); "
-                        "put the real folder back, then run the command again.") from None
-                raise
-            os.close(fd)
-            fd = nfd
+                        f"{where!r} became a symbolic link while trajlab was using the run "
+                        f"directory{' (' + what + ')' if what else ''}. trajlab never writes "
+                        "through links (they could point anywhere); put the real folder back, "
+                        "then run the command again.") from None
+                raise type(exc)(exc.errno, exc.strerror, where) from None
+            old, fd = fd, nfd           # fd is always the one open folder
+            os.close(old)
             done.append(part)
         return fd
     except BaseException:
@@ -198,15 +203,27 @@ def open_dir_beneath(root, rel, what=None):
         raise
 
 
-def _dir_of(path, root):
+def _dir_of(path, root, doing="writing"):
     """``(directory fd, file name)`` for a write or removal of ``path``:
     beneath ``root`` without following links (:func:`open_dir_beneath`),
     else the folder as named."""
     d, base = os.path.split(os.fspath(path))
     if root is None:
-        return os.open(d or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), base
+        try:
+            return os.open(d or ".", _DIR_FLAGS), base
+        except OSError as exc:
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
     rel = os.path.relpath(d or ".", root)
-    return open_dir_beneath(root, rel, what=f"writing {os.path.join(rel, base)}"), base
+    return open_dir_beneath(root, rel, what=f"{doing} {os.path.join(rel, base)}"), base
+
+
+def _fsync_dir_fd(dfd):
+    """fsync the folder ``dfd`` names (an O_PATH fd cannot be fsynced itself)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_for_writing(path, flags=os.O_WRONLY, mode=0o666):
@@ -332,7 +349,7 @@ def atomic_writer(path, fsync=False, root=None):
         os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
         tmp = None
         if fsync:
-            os.fsync(dfd)
+            _fsync_dir_fd(dfd)
     except BaseException:
         if tmp is not None:
             try:
@@ -395,7 +412,7 @@ def remove_file(path, root=None):
             os.remove(path)
         return
     try:
-        dfd, base = _dir_of(path, root)
+        dfd, base = _dir_of(path, root, doing="removing")
     except FileNotFoundError:
         return                  # its folder is gone: so is the file
     try:
@@ -875,12 +892,17 @@ def make_dirs(run_dir, folders=(SHARDS_DIR, ANNOTATIONS_DIR)):
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
             raise _symlink_error(path)
+        # made in its parent's fd, which was opened without following a
+        # link: a parent swapped for one meanwhile gets no folder
+        dfd, base = _dir_of(path, run_dir, doing="creating")
         try:
-            os.mkdir(path)
+            os.mkdir(base, dir_fd=dfd)
         except FileExistsError:
-            if not os.path.isdir(path):
-                raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file."
-                                  ) from None
+            if not stat.S_ISDIR(os.lstat(base, dir_fd=dfd).st_mode):
+                raise (_symlink_error(path) if os.path.islink(path) else RunDirError(
+                    f"{path!r} should be a folder of trajlab's, but is a file.")) from None
+        finally:
+            os.close(dfd)
 
 
 def make_store_dirs(run_dir, layout):
