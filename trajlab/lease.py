@@ -36,7 +36,8 @@ A stale lease is one whose last write is more than ``ttl_seconds +``
 conditional writes: AWS S3 and MinIO releases with conditional writes
 decide them atomically; an S3-compatible server that ignores the headers
 does not, and neither does moto's server under concurrent requests (it
-checks and writes in separate steps; the tests serialize its writes). :meth:`Lease.acquire` therefore probes the store (a second
+checks and writes in separate steps; the tests serialize its writes).
+:meth:`Lease.acquire` therefore probes the store (a second
 ``put_if_absent`` of its own lease and a ``put_if_match`` with a wrong ETag
 must both fail) and refuses a store that accepts either, unless
 ``allow_unsafe_store=True`` (only for a single writer on one host). On a

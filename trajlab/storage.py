@@ -407,10 +407,6 @@ def remove_file(path, root=None):
             _SIZES.sizes.pop(listed, None)
             _SIZES.cache.pop(listed, None)
         return
-    if root is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-        return
     try:
         dfd, base = _dir_of(path, root, doing="removing")
     except FileNotFoundError:
