@@ -183,6 +183,10 @@ def read_annotation_text(run_dir, shard):
     if layout.format_version == 2:
         import zstandard
 
+        from trajlab import zstore
+
+        if zstore.CODECS[layout.codec][1] == "crc32c":    # the frame, then its crc32c
+            raw = raw[:-4]
         raw = zstandard.ZstdDecompressor().decompress(raw)
     return raw.decode("utf-8")
 
@@ -207,6 +211,6 @@ def write_annotation_text(run_dir, shard, text):
     layout = layout_of(run_dir)
     raw = text.encode("utf-8")
     if layout.format_version == 2:
-        raw = zstore.compress(raw, layout.zstd_level)
+        raw = zstore.compress(raw, layout.codec)
     with open(layout.annotations_path(str(run_dir), shard), "wb") as fh:
         fh.write(raw)

@@ -48,7 +48,7 @@ def pair(request, tmp_path_factory):
              format_version=request.param)
     mp = pytest.MonkeyPatch()
     mp.setattr(storage, "CHECKSUM", "sha256")     # what trajlab wrote before xxh3_128
-    mp.setattr(zstore, "ZSTD_LEVEL", 1)            # and before zstd level -1
+    mp.setattr(zstore, "CODEC", "zstd-1")          # and before zstd level -1
     mp.setattr(storage, "ANNOTATIONS", "jsonl")    # and before the parameter matrix
     try:
         generate(SPEC, old, n_jobs=1, shard_size=8, progress="none",
@@ -149,8 +149,9 @@ def test_a_damaged_record_checksum_is_refused(pair, tmp_path, edit, match):
     assert [b[:2] for b in report["bad"]] == [(1, "record")]
 
 
-def _zstd_levels(rd):
-    """The zstd level the zarr.json of every array names."""
+def _chunk_codecs(rd):
+    """The codec list of a chunk (a clip of videos, a shard of the others)
+    that the zarr.json of every array names, as a set of JSON texts."""
     out = set()
     for name in os.listdir(rd / "data"):
         if (rd / "data" / name).is_dir():
@@ -158,28 +159,67 @@ def _zstd_levels(rd):
             codecs = doc["codecs"]
             if codecs[0]["name"] == "sharding_indexed":
                 codecs = codecs[0]["configuration"]["codecs"]
-            out |= {c["configuration"]["level"] for c in codecs if c["name"] == "zstd"}
+            out.add(json.dumps([c for c in codecs if c["name"] != "bytes"], sort_keys=True))
     return out
 
 
-def test_format2_levels_are_recorded_and_kept_on_resume(pair, tmp_path):
-    new, old = pair
+def _zstd(level, checksum):
+    return {"name": "zstd", "configuration": {"level": level, "checksum": checksum}}
+
+
+#: what each codec trajlab has written puts after ``bytes`` in a chunk
+CHUNK_CODECS = {
+    "zstd-fast1-crc32c": [_zstd(-1, False), {"name": "crc32c"}],   # today's
+    "zstd-fast1": [_zstd(-1, True)],                              # before crc32c
+    "zstd-1": [_zstd(1, True)],                                   # before level -1
+}
+
+
+def test_new_format2_run_dirs_use_the_crc32c_codec(pair):
+    new, _old = pair
     if load_layout(str(new))[1].format_version != 2:
         pytest.skip("format 1 stores raw .npy")
+    assert zstore.CODEC == "zstd-fast1-crc32c"
+    assert json.loads((new / "spec.json").read_text())["layout"]["codec"] == zstore.CODEC
+    assert json.loads((new / "manifest.json").read_text())["codec"] == zstore.CODEC
+    assert _chunk_codecs(new) == {json.dumps(CHUNK_CODECS[zstore.CODEC], sort_keys=True)}
+    # every stored clip is a zstd frame without zstd's checksum, then its crc32c
+    import google_crc32c
+    import zstandard
+
+    layout = load_layout(str(new))[1]
+    raw = (new / "data" / "videos" / "c.0.0.0.0.0").read_bytes()
+    off, ln = zstore.parse_index(raw[-(layout.shard_size * 16 + 4):], layout, 0, len(raw), "v")
+    for o, n in zip(off, ln):
+        chunk = raw[o:o + n]
+        assert int.from_bytes(chunk[-4:], "little") == google_crc32c.value(chunk[:-4])
+        params = zstandard.get_frame_parameters(chunk[:-4])
+        assert not params.has_checksum and params.content_size == layout.arrays()["videos"][4]
+
+
+@pytest.mark.parametrize("codec", ["zstd-fast1", "zstd-1"])
+def test_run_dirs_of_earlier_codecs_read_verify_and_resume_with_their_own(codec, tmp_path):
+    """A run dir keeps the codec it was made with: zarr-python and trajlab
+    read it as today's, and a redone shard is written in it, byte for byte."""
     import zarr
 
-    assert json.loads((new / "spec.json").read_text())["layout"]["codec"] == "zstd-fast1"
-    assert json.loads((old / "spec.json").read_text())["layout"]["codec"] == "zstd-1"
-    assert _zstd_levels(new) == {-1} and _zstd_levels(old) == {1}
-    assert json.loads((new / "manifest.json").read_text())["codec"] == "zstd-fast1"
-    # level -1 objects are smaller to make, not different to read: zarr-python
-    # decodes both to the same arrays
-    for rd in (new, old):
+    today = tmp_path / "today"
+    generate(SPEC, today, n_jobs=1, shard_size=8, progress="none")
+    rd = tmp_path / codec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zstore, "CODEC", codec)
+        generate(SPEC, rd, n_jobs=1, shard_size=8, progress="none")
+    assert json.loads((rd / "spec.json").read_text())["layout"]["codec"] == codec
+    assert json.loads((rd / "manifest.json").read_text())["codec"] == codec
+    assert _chunk_codecs(rd) == {json.dumps(CHUNK_CODECS[codec], sort_keys=True)}
+    assert (json.loads((rd / "manifest.json").read_text())["digest"]
+            == json.loads((today / "manifest.json").read_text())["digest"])
+    ds, ref = open_dataset(rd), open_dataset(today)
+    for name in ("videos", "labels", "positions", "params"):
+        np.testing.assert_array_equal(getattr(ds, name)[:], getattr(ref, name)[:])
         z = zarr.open_group(str(rd / "data"), mode="r")
-        np.testing.assert_array_equal(z["videos"][:], open_dataset(new).videos[:])
-    # an old run dir's redone shard is written at its own level, byte for byte
-    rd = tmp_path / "rd"
-    shutil.copytree(old, rd)
+        np.testing.assert_array_equal(z[name][:], getattr(ref, name)[:])
+    assert np.array_equal(ds.videos[5], ref.videos[5])          # one clip, ranged
     victim = rd / "data" / "videos" / "c.1.0.0.0.0"
     before = victim.read_bytes()
     os.remove(rd / "manifest.json")
@@ -188,11 +228,17 @@ def test_format2_levels_are_recorded_and_kept_on_resume(pair, tmp_path):
     generate(SPEC, rd, n_jobs=1, progress="none")
     assert victim.read_bytes() == before
     assert verify_run(str(rd))["ok"]
+    # its checks still catch a flipped byte of a clip
+    raw = bytearray(before)
+    raw[10] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    report = verify_run(str(rd))
+    assert not report["ok"] and [b[0] for b in report["bad"]] == [1]
 
 
 @pytest.mark.parametrize("key,value,choices", [
     ("checksum", "md5", r"\['sha256', 'xxh3_128'\]"),
-    ("codec", "zstd-3", r"\['zstd-1', 'zstd-fast1'\]"),
+    ("codec", "zstd-3", r"\['zstd-1', 'zstd-fast1', 'zstd-fast1-crc32c'\]"),
 ])
 def test_an_unknown_checksum_or_codec_in_spec_json_is_refused_untouched(pair, tmp_path, key,
                                                                          value, choices):

@@ -134,7 +134,7 @@ def test_trajlab_reads_what_tensorstore_writes(tmp_path, run):
 def test_compressed_dataset_is_small_and_the_manifest_says_how_small(run):
     ds = open_dataset(run["dir"])
     m = ds.manifest
-    assert m["format_version"] == 2 and m["store"] == "zarr-v3" and m["codec"] == "zstd-fast1"
+    assert m["format_version"] == 2 and m["store"] == "zarr-v3" and m["codec"] == "zstd-fast1-crc32c"
     # every array, and the parameter matrix the annotations are made from
     width = n_param_columns(ds.spec)
     assert ds.layout.annotations == "params" and np.asarray(ds.params).shape == (30, width)
@@ -245,7 +245,8 @@ def _frame_claiming(size, payload=b"\x00" * 16):
 def test_a_chunk_declaring_a_huge_size_is_refused_before_allocating(copy):
     layout = load_layout(copy)[1]
     path = zstore.object_path(str(copy), layout, "positions", 0)
-    open(path, "wb").write(_frame_claiming(2**40))
+    # sealed with a valid crc32c: what a crafted object can do
+    open(path, "wb").write(zstore.seal(_frame_claiming(2**40), layout.codec))
     tracemalloc.start()
     try:
         rep = verify_run(copy)
@@ -265,7 +266,7 @@ def test_a_clip_declaring_a_huge_size_is_refused(copy):
     obj = zstore.encode(layout, "videos", rows)
     n = layout.shard_size * 16
     idx = np.frombuffer(obj[-n - 4:-4], dtype="<u8").reshape(-1, 2).astype(np.int64)
-    bomb = _frame_claiming(2**40)
+    bomb = zstore.seal(_frame_claiming(2**40), layout.codec)
     data = bomb + obj[idx[1, 0]:idx[-1, 0] + idx[-1, 1]]
     shift = len(bomb) - int(idx[1, 0])
     idx[0] = (0, len(bomb))

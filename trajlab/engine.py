@@ -529,7 +529,7 @@ def _prepare(spec, run_dir, shard_size, format_version=None, workers=1):
 
     size = auto_shard_size(spec, workers) if shard_size == "auto" else shard_size
     layout = RunLayout(spec, size, storage.FORMAT_VERSION if format_version is None
-                       else format_version, storage.CHECKSUM, storage.zstore.ZSTD_LEVEL)
+                       else format_version, storage.CHECKSUM, storage.zstore.CODEC)
     v.check_int(layout.n_shards, "n_shards", "generate (n_samples / shard_size)", 1,
                 v.MAX_N_SHARDS)
     return None, layout, True

@@ -694,8 +694,8 @@ class RunLayout:
     format_version: int = FORMAT_VERSION
     #: key of :data:`CHECKSUMS`; run dirs from before it had one are sha256
     checksum: str = CHECKSUM
-    #: format 2: the zstd level of every object (see trajlab.zstore.ZSTD_LEVEL)
-    zstd_level: int = zstore.ZSTD_LEVEL
+    #: format 2: the codec of every object, a key of trajlab.zstore.CODECS
+    codec: str = zstore.CODEC
     #: one of :data:`ANNOTATION_KINDS`; None: ``'jsonl'`` for format 1, else
     #: :data:`ANNOTATIONS`
     annotations: str = None
@@ -771,7 +771,7 @@ class RunLayout:
                 "shard_size": self.shard_size,
                 "n_shards": self.n_shards,
                 "store": "zarr-v3",
-                "codec": zstore.codec_name(self.zstd_level),
+                "codec": self.codec,
                 "arrays": {name: {"path": f, "shape": list(shape), "dtype": dt.str,
                                   "bytes_per_sample": per}
                            for name, (f, shape, dt, h, per) in self.arrays().items()},
@@ -986,7 +986,7 @@ def encode_shard(layout, shard):
     if layout.annotations == "jsonl":
         text = _annotation_text(layout, block)
         checksums["annotations"] = layout.digest(text)
-        objects["annotations"] = zstore.compress(text, layout.zstd_level)
+        objects["annotations"] = zstore.compress(text, layout.codec)
     return block, checksums, objects, t_gen
 
 
@@ -1254,17 +1254,16 @@ def load_layout(run_dir):
         if checksum not in CHECKSUMS:
             v.fail("layout.checksum", own, f"one of {sorted(CHECKSUMS)} (or absent: sha256)",
                    checksum)
-        level = zstore.ZSTD_LEVEL
+        codec = zstore.CODEC
         if doc["format_version"] == 2:
             codec = lay.get("codec")
             if codec not in zstore.CODECS:
                 v.fail("layout.codec", own, f"one of {sorted(zstore.CODECS)}", codec)
-            level = zstore.CODECS[codec]
         kind = lay.get("annotations", "jsonl")
         allowed = ANNOTATION_KINDS if doc["format_version"] == 2 else ("jsonl",)
         if kind not in allowed:
             v.fail("layout.annotations", own, f"one of {list(allowed)} (or absent: jsonl)", kind)
-        layout = RunLayout(spec, shard_size, doc["format_version"], checksum, level, kind)
+        layout = RunLayout(spec, shard_size, doc["format_version"], checksum, codec, kind)
         v.check_int(layout.n_shards, "layout.n_shards", own, 1, v.MAX_N_SHARDS)
         diff = _diff_paths(lay, layout.to_dict())
         if diff:
@@ -1585,7 +1584,7 @@ def manifest_layout(layout):
     if layout.format_version == 1:
         return {"files": {name: {"file": f, "bytes": layout.expected_size(name)}
                           for name, (f, *_r) in layout.arrays().items()}}
-    return {"store": "zarr-v3", "codec": zstore.codec_name(layout.zstd_level),
+    return {"store": "zarr-v3", "codec": layout.codec,
             "files": {name: {"path": f, "raw_bytes": layout.raw_bytes(name)}
                       for name, (f, *_r) in layout.arrays().items()}}
 
@@ -1810,13 +1809,13 @@ def read_annotations_bytes(run_dir, layout, shard):
                           "dir.") from None
     if layout.format_version == 1:
         return raw
-    zstd = zstore._zstd()
+    what = os.path.relpath(path, run_dir)
     try:
-        size = zstd.frame_content_size(raw)
+        size = zstore.content_size(raw, layout.codec, what)
         if not 0 <= size <= limit:
             raise zstore.DamagedObject(f"it declares {size} decoded bytes")
-        return zstore.decompress(raw, size, os.path.relpath(path, run_dir))
-    except (zstore.DamagedObject, zstd.ZstdError) as exc:
+        return zstore.decompress(raw, size, what, layout.codec)
+    except zstore.DamagedObject as exc:
         raise RunDirError(f"{path!r} is damaged ({exc}). Run `trajlab verify --repair` then "
                           "`trajlab generate` on the run dir.") from None
 

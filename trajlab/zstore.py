@@ -13,12 +13,15 @@ shard ``K``, written whole by the worker that generated the shard:
 - the other arrays are one zstd-compressed chunk per shard (the last one
   padded with the fill value 0 to the full chunk shape, as zarr requires).
 
-zstd writes the decoded size and an XXH64 checksum of the decoded bytes
-into every frame, so a flipped or truncated byte fails the decode of the
-clip it lands in; the completion records keep the checksum (xxh3_128, or
-sha256 in older run dirs) of each array's decoded shard slice, as in
-format 1 (the same spec gives the same records and manifest digest in both
-formats).
+Every chunk (a clip of ``videos``, a shard of any other array, an
+annotation file) is a zstd frame that declares its decoded size, followed
+by the crc32c of the frame (zarr's ``crc32c`` codec, 4 bytes little-endian),
+so a flipped or truncated byte fails the read of the clip it lands in.
+Run dirs written before ``zstd-fast1-crc32c`` keep zstd's own XXH64
+checksum of the decoded bytes in each frame instead (:data:`CODECS`). The
+completion records keep the checksum (xxh3_128, or sha256 in older run
+dirs) of each array's decoded shard slice, as in format 1 (the same spec
+gives the same records and manifest digest in both formats).
 
 Any zarr v3 reader opens ``run_dir/data`` (zarr-python, tensorstore,
 ``dask.array.from_zarr``, xarray); trajlab writes and reads the objects
@@ -45,14 +48,25 @@ import numpy as np
 
 STORE_DIR = "data"
 ZARR_JSON = "zarr.json"
-#: zstd level of new run dirs. -1 (zstd's "fast 1") by measurement
-#: (bench/bench_formats.py, tools in docs/STORAGE_V2.md): 54 instead of 82 us
-#: per 16x64^2 clip, the largest cost of a worker after the checksum change,
-#: for 214x instead of 235x. Run dirs written at level 1 say so in their
-#: spec.json ("codec": "zstd-1") and their zarr.json, and keep it.
-ZSTD_LEVEL = -1
-#: ``layout.codec`` of spec.json and the manifest for each level trajlab writes.
-CODECS = {"zstd-1": 1, "zstd-fast1": -1}
+#: ``layout.codec`` of spec.json and the manifest: ``(zstd level, check)``
+#: of every chunk of the run dir, ``check`` being ``'crc32c'`` (zarr's crc32c
+#: codec after zstd, frames without a checksum) or ``'zstd'`` (zstd's own
+#: XXH64 of the decoded bytes in each frame). Run dirs keep the codec they
+#: were created with (spec.json and every zarr.json say it).
+#:
+#: - level -1 (zstd's "fast 1") instead of 1 by measurement
+#:   (bench/bench_formats.py, tools in docs/STORAGE_V2.md): 54 instead of
+#:   82 us per 16x64^2 clip, for 214x instead of 235x;
+#: - crc32c instead of zstd's checksum: XXH64 of a decoded 16x64^2 clip
+#:   (196 KB) costs ~24 us to write and again to read, a quarter of zstd's
+#:   time (104 -> 68 us per clip with write_checksum=False, 2-core Xeon);
+#:   crc32c of its ~920 compressed bytes (hardware crc32c) 0.4 us. Both
+#:   detect a flipped or cut byte of the stored clip; the decoded bytes are
+#:   still checked against the records' xxh3_128 by ``verify``.
+CODECS = {"zstd-1": (1, "zstd"), "zstd-fast1": (-1, "zstd"),
+          "zstd-fast1-crc32c": (-1, "crc32c")}
+#: codec of new run dirs
+CODEC = "zstd-fast1-crc32c"
 #: Index entry of an inner chunk that is not stored (beyond the last sample).
 ABSENT = 2**64 - 1
 #: Names of the axes, for xarray (which needs them) and for people.
@@ -81,26 +95,31 @@ def _zstd():
 _LOCAL = threading.local()
 
 
-def codec_name(level):
-    """The ``codec`` entry of a layout at zstd ``level`` (one of :data:`CODECS`)."""
-    return next(name for name, lvl in CODECS.items() if lvl == level)
-
-
-def _compressor(level):
-    """This thread's ``ZstdCompressor(...).compress`` at ``level``."""
+def _compressor(codec):
+    """This thread's zstd ``compress`` for ``codec`` (frames with the
+    decoded size; zstd's checksum only where the codec keeps it there)."""
     cctxs = getattr(_LOCAL, "cctxs", None)
     if cctxs is None:
         cctxs = _LOCAL.cctxs = {}
-    fn = cctxs.get(level)
+    fn = cctxs.get(codec)
     if fn is None:
-        fn = cctxs[level] = _zstd().ZstdCompressor(level=level, write_checksum=True,
-                                                   write_content_size=True).compress
+        level, check = CODECS[codec]
+        fn = cctxs[codec] = _zstd().ZstdCompressor(
+            level=level, write_checksum=check == "zstd", write_content_size=True).compress
     return fn
 
 
-def compress(buf, level):
-    """zstd frame at ``level`` with the decoded size and a content checksum."""
-    return _compressor(level)(buf)
+def seal(frame, codec):
+    """The stored chunk of zstd ``frame`` under ``codec``: the frame, then
+    its crc32c where the codec has one."""
+    if CODECS[codec][1] == "crc32c":
+        return frame + _crc32c(frame).to_bytes(_CRC, "little")
+    return frame
+
+
+def compress(buf, codec):
+    """The stored chunk of ``buf`` under ``codec`` (see :func:`seal`)."""
+    return seal(_compressor(codec)(buf), codec)
 
 
 def _dctx():
@@ -111,12 +130,12 @@ def _dctx():
 
 
 def compress_bound(n):
-    """Largest zstd frame trajlab accepts for ``n`` decoded bytes.
+    """Largest stored chunk trajlab accepts for ``n`` decoded bytes.
 
     libzstd's ZSTD_COMPRESSBOUND (n + n/256 + a small constant) plus the
-    frame header and checksum; python-zstandard does not expose it, and a
-    generous bound is all that is needed (a crafted object larger than
-    this is refused before it is read).
+    frame header and a checksum (zstd's or the crc32c); python-zstandard
+    does not expose it, and a generous bound is all that is needed (a
+    crafted object larger than this is refused before it is read).
     """
     return n + (n >> 8) + 1024
 
@@ -125,13 +144,38 @@ class DamagedObject(Exception):
     """An object of the store is missing or is not what trajlab writes."""
 
 
-def decompress(data, size, what):
-    """Decode one zstd frame that must hold exactly ``size`` bytes.
+def _unseal(data, codec, what):
+    """The zstd frame of a stored chunk, its crc32c checked where ``codec``
+    has one."""
+    if CODECS[codec][1] != "crc32c":
+        return data
+    if len(data) < _CRC:
+        raise DamagedObject(f"{what} does not decode (too short for its crc32c)")
+    frame = bytes(data[:-_CRC])
+    if _crc32c(frame) != int.from_bytes(data[-_CRC:], "little"):
+        raise DamagedObject(f"{what} does not decode (its crc32c does not match)")
+    return frame
 
-    The declared size is checked before anything is allocated; trailing
-    bytes, a wrong checksum or a short frame raise :class:`DamagedObject`.
+
+def content_size(data, codec, what):
+    """The decoded size a stored chunk declares (its crc32c checked first)."""
+    zstd = _zstd()
+    frame = _unseal(data, codec, what)
+    try:
+        return zstd.frame_content_size(frame)
+    except zstd.ZstdError as exc:
+        raise DamagedObject(f"{what} is not a zstd frame ({exc})") from None
+
+
+def decompress(data, size, what, codec):
+    """Decode one stored chunk that must hold exactly ``size`` bytes.
+
+    The crc32c (where ``codec`` has one) and the declared size are checked
+    before anything is allocated; trailing bytes, a wrong checksum or a
+    short frame raise :class:`DamagedObject`.
     """
     zstd = _zstd()
+    data = _unseal(data, codec, what)
     try:
         declared = zstd.frame_content_size(data)
     except zstd.ZstdError as exc:
@@ -139,8 +183,7 @@ def decompress(data, size, what):
     if declared != size:
         raise DamagedObject(f"{what} declares {declared} decoded bytes, expected {size}")
     try:
-        out = _dctx().decompress(data, max_output_size=size,
-                                                 allow_extra_data=False)
+        out = _dctx().decompress(data, max_output_size=size, allow_extra_data=False)
     except zstd.ZstdError as exc:
         raise DamagedObject(f"{what} does not decode ({exc})") from None
     if len(out) != size:
@@ -149,6 +192,7 @@ def decompress(data, size, what):
 
 
 def _crc32c(buf):
+    """crc32c of ``buf`` (bytes-like; google_crc32c takes bytes only)."""
     import google_crc32c
 
     return google_crc32c.value(bytes(buf))
@@ -171,8 +215,12 @@ def _bytes_codec(dtype):
     return {"name": "bytes", "configuration": {"endian": "little"}}
 
 
-def _zstd_codec(level):
-    return {"name": "zstd", "configuration": {"level": level, "checksum": True}}
+def _chunk_codecs(dtype, codec):
+    """zarr's codec list of one chunk: bytes, zstd, and crc32c where ``codec``
+    has one."""
+    level, check = CODECS[codec]
+    zstd = {"name": "zstd", "configuration": {"level": level, "checksum": check == "zstd"}}
+    return [_bytes_codec(dtype), zstd] + ([{"name": "crc32c"}] if check == "crc32c" else [])
 
 
 def array_document(layout, name):
@@ -182,12 +230,12 @@ def array_document(layout, name):
     if name == "videos":
         codecs = [{"name": "sharding_indexed", "configuration": {
             "chunk_shape": [1, *shape[1:]],
-            "codecs": [_bytes_codec(dt), _zstd_codec(layout.zstd_level)],
+            "codecs": _chunk_codecs(dt, layout.codec),
             "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                              {"name": "crc32c"}],
             "index_location": "end"}}]
     else:
-        codecs = [_bytes_codec(dt), _zstd_codec(layout.zstd_level)]
+        codecs = _chunk_codecs(dt, layout.codec)
     return {
         "zarr_format": 3, "node_type": "array",
         "shape": list(shape), "data_type": _ZARR_DTYPES[dt.name],
@@ -255,7 +303,7 @@ def encode(layout, name, rows):
             padded = np.zeros((S, *shape[1:]), dtype=rows.dtype)
             padded[:n] = rows
             rows = padded
-        return compress(rows.data, layout.zstd_level)
+        return compress(rows.data, layout.codec)
     obj = VideoObject(layout)
     obj.add(rows)
     return obj.finish()
@@ -268,7 +316,8 @@ class VideoObject:
 
     def __init__(self, layout):
         self.shard_size = layout.shard_size
-        self._compress = _compressor(layout.zstd_level)
+        self._compress = _compressor(layout.codec)
+        self._crc = CODECS[layout.codec][1] == "crc32c"
         self.parts = []
         self.lengths = []
 
@@ -278,7 +327,15 @@ class VideoObject:
         # one frame per clip; the index is made once in finish (an index
         # entry written per clip cost ~3 us of a 8x32^2 clip's ~50)
         frames = list(map(self._compress, map(memoryview, flat)))
-        self.lengths.extend(map(len, frames))
+        if self._crc:        # each frame followed by its crc32c
+            import google_crc32c
+
+            crc = google_crc32c.value
+            crcs = [crc(f).to_bytes(_CRC, "little") for f in frames]
+            self.lengths.extend(len(f) + _CRC for f in frames)
+            frames = [x for pair in zip(frames, crcs) for x in pair]
+        else:
+            self.lengths.extend(map(len, frames))
         # python-zstandard's frames keep the allocation of zstd's bound (24
         # KiB for a 8x32^2 clip that compresses to ~250 bytes): kept one by
         # one, a 4,096-clip shard held ~97 MiB (tracemalloc) and each worker
@@ -343,7 +400,7 @@ def decode_object(raw, layout, name, shard, what):
     start, stop = layout.shard_range(shard)
     n = stop - start
     if name != "videos":
-        out = decompress(raw, layout.shard_size * per, what)
+        out = decompress(raw, layout.shard_size * per, what, layout.codec)
         return np.frombuffer(out, dtype=dt.newbyteorder("<"), count=n * per // dt.itemsize
                              ).astype(dt, copy=False).reshape((n, *shape[1:]))
     tail = bytes(raw[len(raw) - (layout.shard_size * _INDEX_ENTRY + _CRC):]) \
@@ -353,7 +410,8 @@ def decode_object(raw, layout, name, shard, what):
     mv = memoryview(raw)
     for j in range(n):
         rows[j] = np.frombuffer(decompress(mv[off[j]:off[j] + ln[j]], per,
-                                           f"{what}, clip {start + j}"), dtype=np.uint8)
+                                           f"{what}, clip {start + j}", layout.codec),
+                                dtype=np.uint8)
     return rows.reshape((n, *shape[1:]))
 
 
@@ -586,7 +644,8 @@ class ChunkedArray:
             if len(data) != ln[j]:
                 raise DamagedObject(f"{what} is truncated")
             flat_out[:] = np.frombuffer(
-                decompress(data, self._per, f"{what}, clip {s * self.layout.shard_size + j}"),
+                decompress(data, self._per, f"{what}, clip {s * self.layout.shard_size + j}",
+                           self.layout.codec),
                 dtype=np.uint8)
         except DamagedObject as exc:
             raise self._damaged(exc) from None
