@@ -665,6 +665,38 @@ def test_a_folder_swapped_for_a_link_during_the_run_is_not_written_through(
     assert not any(".trajlab-tmp." in f for f in os.listdir(elsewhere))
 
 
+@pytest.mark.parametrize("what", ["videos", "labels", "annotations"])
+def test_a_folder_swapped_for_a_link_after_open_is_not_read_through(fresh_run, tmp_path, fmt,
+                                                                   what):
+    """open_dataset checked the run dir; then the folder holding ``what``
+    is swapped for a link to a copy of itself. A shard read after that must
+    refuse the link instead of reading whatever it points to."""
+    import shutil
+
+    if fmt == 1 and what != "annotations":
+        pytest.skip("format 1 maps its arrays from the run dir itself at open")
+    ds = open_dataset(fresh_run)
+    folder = {"videos": "data/videos", "labels": "data/labels"}.get(what) or (
+        "annotations" if layout_of(fresh_run).annotations == "jsonl" else "data/params")
+    read = {"videos": lambda i: ds.video(i), "labels": lambda i: ds.label(i),
+            "annotations": lambda i: ds.annotation(i)}[what]
+    first = read(0)                     # shard 0 is read through the real folder
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(fresh_run / folder, elsewhere)
+    shutil.rmtree(fresh_run / folder)
+    os.symlink(elsewhere, fresh_run / folder)
+    with pytest.raises(RunDirError, match=f"{re.escape(folder)}' became a symbolic link "
+                                          r"while trajlab was using the run directory \(reading"):
+        read(16 * 5)                    # shard 5, not read yet
+    # put back, the same reads give the same values
+    os.remove(fresh_run / folder)
+    shutil.copytree(elsewhere, fresh_run / folder)
+    again = open_dataset(fresh_run)
+    got = {"videos": again.video, "labels": again.label, "annotations": again.annotation}[what]
+    np.testing.assert_equal(got(0), first)
+    got(16 * 5)
+
+
 def test_writes_beneath_a_run_dir(tmp_path):
     """The run dir itself may be a link; a missing folder or a file in a
     folder's place is named by its whole path; a missing folder has no file

@@ -378,7 +378,7 @@ def _repair_store(run_dir, layout):
     for rel, doc in layout.store_documents().items():
         path = os.path.join(run_dir, rel)
         try:
-            obj, reason = parse_json(read_bytes(path, 2**20))
+            obj, reason = parse_json(read_bytes(path, 2**20, root=run_dir))
         except FileNotFoundError:
             obj, reason = None, "missing"
         except Exception as exc:          # unreadable, too large, not a file

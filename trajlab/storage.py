@@ -146,15 +146,28 @@ def _symlink_error(path):
         "real file, or remove it, and run the command again.")
 
 
-def open_nofollow(path, flags, mode=0o666):
+def open_nofollow(path, flags, mode=0o666, root=None):
     """``os.open`` that refuses a symbolic link as the last path component
-    (``O_NOFOLLOW``) and anything but a regular file; returns the fd."""
+    (``O_NOFOLLOW``) and anything but a regular file; returns the fd.
+
+    ``root``: ``path`` lies beneath the run dir ``root``, and the folders
+    between them are opened without following links too
+    (:func:`open_dir_beneath`): a folder swapped for a link after the run
+    dir was checked is refused instead of read through.
+    """
+    dfd, name = (None, path) if root is None else _dir_of(path, root, "reading")
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
+                     dir_fd=dfd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _symlink_error(path) from None
+        if dfd is not None:         # name the whole path, not the folder-relative one
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
         raise
+    finally:
+        if dfd is not None:
+            os.close(dfd)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -190,9 +203,9 @@ def open_dir_beneath(root, rel, what=None):
                         os.lstat(part, dir_fd=fd).st_mode):
                     raise _LinkError(
                         f"{where!r} became a symbolic link while trajlab was using the run "
-                        f"directory{' (' + what + ')' if what else ''}. trajlab never writes "
-                        "through links (they could point anywhere); put the real folder back, "
-                        "then run the command again.") from None
+                        f"directory{' (' + what + ')' if what else ''}. trajlab never reads or "
+                        "writes through links (they could point anywhere); put the real folder "
+                        "back, then run the command again.") from None
                 raise type(exc)(exc.errno, exc.strerror, where) from None
             old, fd = fd, nfd           # fd is always the one open folder
             os.close(old)
@@ -554,9 +567,9 @@ def file_size(path):
         return None
 
 
-def read_range(path, start, length):
+def read_range(path, start, length, root=None):
     """``length`` bytes of ``path`` from ``start`` (fewer if it ends first;
-    an object store: a ranged GET)."""
+    an object store: a ranged GET). ``root``: as in :func:`open_nofollow`."""
     if is_remote(path):
         store, key = _remote(path)
         try:
@@ -565,21 +578,21 @@ def read_range(path, start, length):
             if isinstance(exc, FileNotFoundError):
                 raise
             return b""           # shorter than the index says: the caller reports it
-    fd = open_nofollow(path, os.O_RDONLY)
+    fd = open_nofollow(path, os.O_RDONLY, root=root)
     try:
         return os.pread(fd, length, start)
     finally:
         os.close(fd)
 
 
-def read_tail(path, length):
+def read_tail(path, length, root=None):
     """``(the last min(length, size) bytes of path, size)`` of the file or
     object ``path`` (remote: one suffix-range GET). FileNotFoundError if
-    there is none."""
+    there is none. ``root``: as in :func:`open_nofollow`."""
     if is_remote(path):
         store, key = _remote(path)
         return store.get_tail(key, length)
-    fd = open_nofollow(path, os.O_RDONLY)
+    fd = open_nofollow(path, os.O_RDONLY, root=root)
     try:
         size = os.fstat(fd).st_size
         n = min(length, size)
@@ -588,12 +601,14 @@ def read_tail(path, length):
         os.close(fd)
 
 
-def read_bytes(path, max_bytes):
+def read_bytes(path, max_bytes, root=None):
     """Bytes of the regular file ``path`` (no symlink), at most ``max_bytes``.
 
     Raises FileNotFoundError, RunDirError (link, not a regular file, too
     large) or OSError. An ``s3://`` path is read from its object store (an
-    object larger than ``max_bytes`` is not read).
+    object larger than ``max_bytes`` is not read). ``root``: the run dir
+    ``path`` lies beneath, whose folders are not followed through links
+    either (:func:`open_nofollow`).
     """
     if is_remote(path):
         if (key := _listed(path)) is not None and key in _SIZES.cache:
@@ -603,7 +618,7 @@ def read_bytes(path, max_bytes):
             return data
         store, key = _remote(path)
         return store.get(key, max_bytes)
-    fd = open_nofollow(path, os.O_RDONLY)
+    fd = open_nofollow(path, os.O_RDONLY, root=root)
     try:
         size = os.fstat(fd).st_size
         if size > max_bytes:
@@ -650,7 +665,7 @@ def read_json_file(path, run_dir, fname=None, max_bytes=v.MAX_JSON_BYTES):
     fname = fname or os.path.basename(path)
     expected = f"a JSON object of at most {max_bytes // 2**20} MiB"
     try:
-        raw = read_bytes(path, max_bytes)
+        raw = read_bytes(path, max_bytes, root=run_dir)
     except TooLargeError as exc:
         v.fail_file(fname, run_dir, expected, f"{exc.size} bytes", RunDirError)
     except _NotRegularError:
@@ -1460,7 +1475,7 @@ def check_store_document(run_dir, layout, name):
                 f"{zstore.STORE_DIR}/{name}/{zstore.ZARR_JSON}"):
         path = os.path.join(run_dir, rel)
         try:
-            raw = read_bytes(path, v.MAX_JSON_BYTES)
+            raw = read_bytes(path, v.MAX_JSON_BYTES, root=run_dir)
         except FileNotFoundError:
             return "missing", f"{rel} is missing"
         except TooLargeError as exc:
@@ -1799,7 +1814,7 @@ def read_annotations_bytes(run_dir, layout, shard):
     limit = annotations_limit(layout, shard)
     try:
         raw = read_bytes(path, limit if layout.format_version == 1
-                         else zstore.compress_bound(limit))
+                         else zstore.compress_bound(limit), root=run_dir)
     except TooLargeError as exc:
         raise RunDirError(f"{path!r} is damaged ({exc.size} bytes, more than trajlab "
                           "writes).") from None

@@ -421,7 +421,7 @@ def _read_object(run_dir, layout, name, shard):
 
     path = object_path(run_dir, layout, name, shard)
     try:
-        return read_bytes(path, max_object_bytes(layout, name))
+        return read_bytes(path, max_object_bytes(layout, name), root=run_dir)
     except FileNotFoundError:
         raise DamagedObject(f"{_rel(run_dir, path)} is missing") from None
     except TooLargeError as exc:
@@ -593,7 +593,7 @@ class ChunkedArray:
             return fd
         path = object_path(self.run_dir, self.layout, self.name, s)
         try:
-            fd = open_nofollow(path, os.O_RDONLY)
+            fd = open_nofollow(path, os.O_RDONLY, root=self.run_dir)
         except FileNotFoundError:
             raise self._damaged(f"{_rel(self.run_dir, path)} is missing") from None
         self._fds[s] = fd
