@@ -103,18 +103,30 @@ def test_status_of_a_bucket_judges_age_by_the_store_clock(s3, monkeypatch):  # n
     the age of progress.json is its LastModified against the store's Date,
     and only differences of the writer's own times are used."""
     from trajlab.objstore import S3Store
-    from trajlab.progress import read_status
+    from trajlab.progress import format_status, read_status
 
     url = s3.new_url("clock")
     store = open_store(url)
     writer_now = time.time() - 1000.0           # the writer's clock is 1000 s behind
     snap = {"state": "running", "host": "another-host", "pid": 1, "done": 10, "total": 96,
+            "percent": 10.4,
             "heartbeat_seconds": 15.0, "updated_unix": writer_now,
             "last_checkpoint_unix": writer_now - 5.0, "mean_checkpoint_seconds": 1.0}
     store.put("progress.json", json.dumps(snap).encode())
     status = read_status(url)
     assert status["verdict"] == "running", status["reason"]
     assert status["age_seconds"] < 30
+    # and says that the writer's clock is off, by how much and which way
+    assert -1010 < status["writer_clock_offset_seconds"] < -990
+    assert re.search(r"clock of the writer \(another-host\) is 1[67]m \d+s behind the store's",
+                     status["warning"]), status["warning"]
+    assert "Warning: the clock of the writer" in format_status(url, status)
+    # a writer in step with the store gets no warning
+    store.put("progress.json", json.dumps(dict(snap, updated_unix=time.time(),
+                                               last_checkpoint_unix=time.time())).encode())
+    status = read_status(url)
+    assert "warning" not in status and "writer_clock_offset_seconds" not in status
+    assert "Warning" not in format_status(url, status)
     # no shard for 700 s by the writer's own clock: hung workers
     snap["last_checkpoint_unix"] = writer_now - 700.0
     store.put("progress.json", json.dumps(snap).encode())

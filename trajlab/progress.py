@@ -56,6 +56,10 @@ def check_intervals(heartbeat, text_interval, owner):
 #: A running job with no completed shard for this long (or 20 times the mean
 #: time between shards, if longer) is reported stalled even if it is alive.
 STALL_AFTER = 600.0
+#: A writer whose clock differs from its object store's by more than this
+#: many seconds gets a warning in ``status`` (S3 times are whole seconds and
+#: an upload takes a moment, so a few seconds are noise).
+CLOCK_WARN_SECONDS = 30.0
 
 
 def _in_jupyter():
@@ -330,9 +334,9 @@ def read_status(run_dir, stale_after=None):
     try:
         snap = read_json_file(path, run_dir, PROGRESS_JSON)
         updated = _number(snap.get("updated_unix"), 0.0)
-        age, slack = time.time() - updated, 0.0
+        age, slack, offset = time.time() - updated, 0.0, None
         if is_remote(run_dir):
-            age, slack = _store_age(path, age)
+            age, slack, offset = _store_age(path, age, updated)
     except FileNotFoundError:
         verdict = "finished" if complete else "missing"
         return {"verdict": verdict, "reason": f"no {PROGRESS_JSON} in {run_dir!r}",
@@ -341,6 +345,13 @@ def read_status(run_dir, stale_after=None):
         return {"verdict": "missing", "reason": f"unreadable {PROGRESS_JSON}: {exc}",
                 "age_seconds": None}
     snap["age_seconds"] = round(age, 1)
+    if offset is not None and abs(offset) > CLOCK_WARN_SECONDS:
+        snap["writer_clock_offset_seconds"] = round(offset, 1)
+        snap["warning"] = (
+            f"the clock of the writer ({snap.get('host')}) is {_fmt_seconds(abs(offset))} "
+            f"{'ahead of' if offset > 0 else 'behind'} the store's: the times it wrote "
+            "(updated_at, started_at) are off by as much; the verdict, the age and the ETA "
+            "use the store's clock and differences of the writer's own times")
     state = snap.get("state")
     if stale_after is None:
         hb = _number(snap.get("heartbeat_seconds"), 15.0)
@@ -376,12 +387,15 @@ def read_status(run_dir, stale_after=None):
     return snap
 
 
-def _store_age(path, fallback):
-    """``(age, slack)`` of the object ``path`` by the store's own clock (its
-    LastModified against the Date of the store's answer), so that neither
-    the writer's nor this host's clock matters; S3 gives whole seconds,
-    hence a slack of a second. ``(fallback, 0)`` if the store gives no
-    answer (the object went away between the two requests, say)."""
+def _store_age(path, fallback, written):
+    """``(age, slack, offset)`` of the object ``path`` by the store's own
+    clock (its LastModified against the Date of the store's answer), so
+    that neither the writer's nor this host's clock matters; S3 gives whole
+    seconds, hence a slack of a second. ``offset``: the writer's clock
+    minus the store's, from ``written`` (the writer's time in the object)
+    against LastModified (the upload's own seconds included). ``(fallback,
+    0, None)`` if the store gives no answer (the object went away between
+    the two requests, say)."""
     from .lease import CLOCK_RESOLUTION
     from .storage import _remote
 
@@ -389,10 +403,11 @@ def _store_age(path, fallback):
         store, key = _remote(path)
         info = store.head(key)
         if info is None:
-            return fallback, 0.0
-        return max(0.0, store.server_time(key) - info.last_modified), CLOCK_RESOLUTION
+            return fallback, 0.0, None
+        return (max(0.0, store.server_time(key) - info.last_modified), CLOCK_RESOLUTION,
+                written - info.last_modified)
     except Exception:   # best effort: s3fs passes some botocore errors on as they are
-        return fallback, 0.0
+        return fallback, 0.0, None
 
 
 def _number(x, default):
@@ -411,4 +426,6 @@ def format_status(run_dir, status):
         lines.append(f"  Last update: {status.get('updated_at')} "
                      f"({_fmt_seconds(status.get('age_seconds'))} ago) by pid {status.get('pid')} "
                      f"on {status.get('host')}")
+    if status.get("warning"):
+        lines.append(f"  Warning: {status['warning']}")
     return "\n".join(lines)
