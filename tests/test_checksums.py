@@ -6,6 +6,7 @@ records' checksums (xxh3_128 now, sha256 where spec.json has no
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -238,7 +239,9 @@ def test_run_dirs_of_earlier_codecs_read_verify_and_resume_with_their_own(codec,
 
 @pytest.mark.parametrize("key,value,choices", [
     ("checksum", "md5", r"\['sha256', 'xxh3_128'\]"),
+    ("checksum", ["xxh3_128"], r"\['sha256', 'xxh3_128'\]"),     # unhashable: no TypeError
     ("codec", "zstd-3", r"\['zstd-1', 'zstd-fast1', 'zstd-fast1-crc32c'\]"),
+    ("codec", {"zstd-1": 1}, r"\['zstd-1', 'zstd-fast1', 'zstd-fast1-crc32c'\]"),
 ])
 def test_an_unknown_checksum_or_codec_in_spec_json_is_refused_untouched(pair, tmp_path, key,
                                                                          value, choices):
@@ -250,7 +253,7 @@ def test_an_unknown_checksum_or_codec_in_spec_json_is_refused_untouched(pair, tm
     doc["layout"][key] = value
     (rd / "spec.json").write_text(json.dumps(doc))
     with pytest.raises(RunDirError, match=rf"'layout.{key}' parameter .* must be one of "
-                                          rf"{choices}.*Got '{value}'"):
+                                          rf"{choices}.*Got {re.escape(repr(value))}"):
         load_layout(str(rd))
     with pytest.raises(RunDirError, match=f"layout.{key}"):
         generate(SPEC, rd, n_jobs=1, progress="none")

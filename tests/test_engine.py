@@ -665,17 +665,19 @@ def test_a_folder_swapped_for_a_link_during_the_run_is_not_written_through(
     assert not any(".trajlab-tmp." in f for f in os.listdir(elsewhere))
 
 
-@pytest.mark.parametrize("what", ["videos", "labels", "annotations"])
+@pytest.mark.parametrize("what,verify", [("videos", "lazy"), ("videos", "none"),
+                                         ("labels", "lazy"), ("annotations", "lazy")])
 def test_a_folder_swapped_for_a_link_after_open_is_not_read_through(fresh_run, tmp_path, fmt,
-                                                                   what):
+                                                                   what, verify):
     """open_dataset checked the run dir; then the folder holding ``what``
     is swapped for a link to a copy of itself. A shard read after that must
-    refuse the link instead of reading whatever it points to."""
+    refuse the link instead of reading whatever it points to (checked or
+    unchecked clip reads alike)."""
     import shutil
 
     if fmt == 1 and what != "annotations":
         pytest.skip("format 1 maps its arrays from the run dir itself at open")
-    ds = open_dataset(fresh_run)
+    ds = open_dataset(fresh_run, verify=verify)
     folder = {"videos": "data/videos", "labels": "data/labels"}.get(what) or (
         "annotations" if layout_of(fresh_run).annotations == "jsonl" else "data/params")
     read = {"videos": lambda i: ds.video(i), "labels": lambda i: ds.label(i),
@@ -695,6 +697,39 @@ def test_a_folder_swapped_for_a_link_after_open_is_not_read_through(fresh_run, t
     got = {"videos": again.video, "labels": again.label, "annotations": again.annotation}[what]
     np.testing.assert_equal(got(0), first)
     got(16 * 5)
+
+
+def test_a_folder_swapped_for_a_link_during_verify_is_reported_not_read(fresh_run, tmp_path,
+                                                                       monkeypatch, fmt):
+    """verify has checked shards 0 and 1 when data/labels becomes a link to
+    a copy of itself: the shards after are reported bad, naming the link,
+    and verify carries on to the end instead of aborting."""
+    import shutil
+
+    from trajlab import dataset
+
+    if fmt == 1:
+        pytest.skip("format 1 maps its arrays from the run dir itself")
+    real, elsewhere = dataset.check_shard_data, tmp_path / "elsewhere"
+
+    def swap_at_shard_2(run_dir, layout, shard, rec, skip=()):
+        if shard == 2:
+            shutil.copytree(fresh_run / "data" / "labels", elsewhere)
+            shutil.rmtree(fresh_run / "data" / "labels")
+            os.symlink(elsewhere, fresh_run / "data" / "labels")
+        return real(run_dir, layout, shard, rec, skip)
+
+    monkeypatch.setattr(dataset, "check_shard_data", swap_at_shard_2)
+    rep = trajlab.verify_run(str(fresh_run))
+    n = rep["n_shards"]
+    assert n > 3 and not rep["ok"]
+    by_shard = {b[0]: b for b in rep["bad"]}
+    assert 0 not in by_shard and 1 not in by_shard
+    assert sorted(s for s in by_shard if s is not None) == list(range(2, n))
+    for s in range(2, n):
+        assert by_shard[s][1] == "labels"
+        assert "data/labels' became a symbolic link" in by_shard[s][2]
+    assert "data/labels' became a symbolic link" in by_shard[None][2]   # and the probe
 
 
 def test_writes_beneath_a_run_dir(tmp_path):

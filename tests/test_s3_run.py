@@ -141,6 +141,16 @@ def test_status_of_a_bucket_judges_age_by_the_store_clock(s3, monkeypatch):  # n
     monkeypatch.setattr(S3Store, "server_time", lambda self, key=None: real(self, key) + 1000)
     status = read_status(url)
     assert status["verdict"] == "stalled" and "no update for 16m" in status["reason"]
+    # an old object's LastModified (a copy's, a restore's) says nothing of a clock
+    assert "warning" not in status
+    monkeypatch.setattr(S3Store, "server_time", real)
+    # nor does a finished run's, nor a progress.json without a time of its own
+    for bad in (dict(snap, state="finished"), {k: v for k, v in snap.items()
+                                               if k != "updated_unix"}):
+        store.put("progress.json", json.dumps(bad).encode())
+        assert "warning" not in read_status(url)
+    store.put("progress.json", json.dumps(snap).encode())
+    assert "warning" in read_status(url)        # and the clock is still off
 
 
 #: Lease TTL of the killed writer: long enough that a loaded machine still

@@ -341,10 +341,14 @@ def _verify(run_dir, rep):
         if problem:
             bad.append((None, "manifest", problem))
     if not broken and 0 in records and not any(b[0] == 0 for b in bad):
-        problem = probe_problem(doc, layout, {name: open_array(run_dir, layout, name)
-                                              for name in layout.arrays()})
-        if problem:
-            bad.append((None, "spec.json", problem))
+        try:
+            problem = probe_problem(doc, layout, {name: open_array(run_dir, layout, name)
+                                                  for name in layout.arrays()})
+        except RunDirError as exc:      # e.g. a folder swapped for a link meanwhile
+            bad.append((None, "run_dir", str(exc)))
+        else:
+            if problem:
+                bad.append((None, "spec.json", problem))
     bad.sort(key=lambda b: (-1 if b[0] is None else b[0]))
     rep["ok"] = not bad and rep["complete"]
     return rep

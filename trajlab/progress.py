@@ -345,17 +345,20 @@ def read_status(run_dir, stale_after=None):
         return {"verdict": "missing", "reason": f"unreadable {PROGRESS_JSON}: {exc}",
                 "age_seconds": None}
     snap["age_seconds"] = round(age, 1)
-    if offset is not None and abs(offset) > CLOCK_WARN_SECONDS:
+    state = snap.get("state")
+    if stale_after is None:
+        hb = _number(snap.get("heartbeat_seconds"), 15.0)
+        stale_after = max(STALE_MIN_SECONDS, STALE_HEARTBEATS * hb)
+    # only a fresh heartbeat of a live writer measures its clock: an old
+    # object's LastModified may be a copy's or a restore's, not the upload's
+    if offset is not None and abs(offset) > CLOCK_WARN_SECONDS and state == "running" \
+            and _number(snap.get("updated_unix"), None) is not None and age <= stale_after:
         snap["writer_clock_offset_seconds"] = round(offset, 1)
         snap["warning"] = (
             f"the clock of the writer ({snap.get('host')}) is {_fmt_seconds(abs(offset))} "
             f"{'ahead of' if offset > 0 else 'behind'} the store's: the times it wrote "
             "(updated_at, started_at) are off by as much; the verdict, the age and the ETA "
             "use the store's clock and differences of the writer's own times")
-    state = snap.get("state")
-    if stale_after is None:
-        hb = _number(snap.get("heartbeat_seconds"), 15.0)
-        stale_after = max(STALE_MIN_SECONDS, STALE_HEARTBEATS * hb)
     # the writer's clock only for a difference of its own times
     since_checkpoint = age + updated - _number(snap.get("last_checkpoint_unix"), updated)
     mean = _number(snap.get("mean_checkpoint_seconds"), 0.0)

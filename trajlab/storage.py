@@ -1266,13 +1266,13 @@ def load_layout(run_dir):
         shard_size = v.check_int(lay.get("shard_size"), "layout.shard_size", own, 1,
                                  v.MAX_SHARD_SIZE)
         checksum = lay.get("checksum", "sha256")
-        if checksum not in CHECKSUMS:
+        if not isinstance(checksum, str) or checksum not in CHECKSUMS:   # [..]: unhashable
             v.fail("layout.checksum", own, f"one of {sorted(CHECKSUMS)} (or absent: sha256)",
                    checksum)
         codec = zstore.CODEC
         if doc["format_version"] == 2:
             codec = lay.get("codec")
-            if codec not in zstore.CODECS:
+            if not isinstance(codec, str) or codec not in zstore.CODECS:
                 v.fail("layout.codec", own, f"one of {sorted(zstore.CODECS)}", codec)
         kind = lay.get("annotations", "jsonl")
         allowed = ANNOTATION_KINDS if doc["format_version"] == 2 else ("jsonl",)

@@ -417,7 +417,7 @@ def decode_object(raw, layout, name, shard, what):
 
 # ------------------------------------------------------------------- reading
 def _read_object(run_dir, layout, name, shard):
-    from .storage import TooLargeError, read_bytes
+    from .storage import RunDirError, TooLargeError, read_bytes
 
     path = object_path(run_dir, layout, name, shard)
     try:
@@ -427,6 +427,8 @@ def _read_object(run_dir, layout, name, shard):
     except TooLargeError as exc:
         raise DamagedObject(f"{_rel(run_dir, path)} is larger ({exc.size} bytes) than trajlab "
                             "writes") from None
+    except (OSError, RunDirError) as exc:   # e.g. its folder swapped for a link
+        raise DamagedObject(f"{_rel(run_dir, path)} cannot be read ({exc})") from None
 
 
 def _rel(run_dir, path):
