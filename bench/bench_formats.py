@@ -138,7 +138,8 @@ t0 = time.perf_counter()
 done = sum(Parallel(n_jobs={n_jobs}, batch_size=1)(delayed(shard)(s) for s in range(lay.n_shards)))
 print(time.perf_counter() - t0)
 """
-    # the pool's start-up is excluded (timed inside), as for a warm worker pool
+    # timed inside: the interpreter's start and the parent's imports are left
+    # out (a generate run counts them), the worker pool's start is counted
     return float(_run(code)[2].split()[-1])
 
 
@@ -253,17 +254,27 @@ def _report(results, args):
     w2 = _med(big[2], "wall")
     print()
     print("targets (issue 12):")
+    # last column: the same figure for the render ceiling (generation alone,
+    # in n_jobs processes, nothing encoded or written): when even that misses,
+    # the target is beyond this machine's cores, not a matter of the pipeline
     checks = [
-        ("30,000 x 16x64^2 <= 100 MB on disk", _med(big[2], "blocks") / 1e6, 100, "<="),
-        ("30,000 x 16x64^2 complete <= 5 s", w2, 5.0, "<="),
-        ("... >= 3x format 1 in the same run", _med(big[1], "wall") / w2, 3.0, ">="),
+        ("30,000 x 16x64^2 <= 100 MB on disk", _med(big[2], "blocks") / 1e6, 100, "<=", None),
+        ("30,000 x 16x64^2 complete <= 5 s", w2, 5.0, "<=", big["render"]),
+        ("... >= 3x format 1 in the same run", _med(big[1], "wall") / w2, 3.0, ">=",
+         _med(big[1], "wall") / big["render"]),
         ("8x32^2 >= 48,000 clips/s end to end", small["n"] / _med(small[2], "wall"), 48_000,
-         ">="),
-        ("random single clips >= 2,500/s per worker at 16x64^2", big["read2"][0], 2500, ">="),
+         ">=", small["n"] / small["render"]),
+        ("random single clips >= 2,500/s per worker at 16x64^2", big["read2"][0], 2500, ">=",
+         None),
     ]
-    for text, got, want, op in checks:
-        ok = got <= want if op == "<=" else got >= want
-        print(f"  {'PASS' if ok else 'MISS'}  {text}: {got:,.2f}")
+    for text, got, want, op, ceil in checks:
+        def ok(x):
+            return x <= want if op == "<=" else x >= want
+        line = f"  {'PASS' if ok(got) else 'MISS'}  {text}: {got:,.2f}"
+        if ceil is not None:
+            line += (f" (render alone: {ceil:,.2f}, "
+                     f"{'within reach' if ok(ceil) else 'beyond these cores'})")
+        print(line)
 
 
 if __name__ == "__main__":
