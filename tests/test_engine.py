@@ -732,6 +732,33 @@ def test_a_folder_swapped_for_a_link_during_verify_is_reported_not_read(fresh_ru
     assert "data/labels' became a symbolic link" in by_shard[None][2]   # and the probe
 
 
+def test_a_folder_swapped_for_a_link_is_not_sized_through(fresh_run, tmp_path, fmt):
+    """The size check a resume makes on every object opens the folders
+    without following links too: data/videos swapped for a link to an
+    exact copy of itself (every size as recorded) is a problem naming the
+    link, and the resume that follows writes nothing where it points."""
+    import shutil
+
+    from trajlab.storage import read_record, stored_size_problem
+
+    if fmt == 1:
+        pytest.skip("format 1 keeps no per-object sizes")
+    layout = layout_of(fresh_run)
+    rec = read_record(str(fresh_run), layout, 0)
+    assert stored_size_problem(str(fresh_run), layout, 0, rec) is None
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(fresh_run / "data" / "videos", elsewhere)
+    shutil.rmtree(fresh_run / "data" / "videos")
+    os.symlink(elsewhere, fresh_run / "data" / "videos")
+    name, reason = stored_size_problem(str(fresh_run), layout, 0, rec)
+    assert name == "videos"
+    assert "cannot be sized" in reason and "data/videos' became a symbolic link" in reason
+    before = snapshot(elsewhere)
+    with pytest.raises(RunDirError, match="symbolic link"):
+        generate(SMALL, fresh_run, n_jobs=1, progress="none")
+    assert snapshot(elsewhere) == before
+
+
 def test_writes_beneath_a_run_dir(tmp_path):
     """The run dir itself may be a link; a missing folder or a file in a
     folder's place is named by its whole path; a missing folder has no file

@@ -553,16 +553,25 @@ def listed_sizes(run_dir):
         _SIZES.run_dir = _SIZES.sizes = _SIZES.cache = None
 
 
-def file_size(path):
+def file_size(path, root=None):
     """Bytes of the file or object ``path`` (a link is not followed), or
-    None if there is none."""
+    None if there is none. ``root``: the run dir ``path`` lies beneath; the
+    folders between are opened without following links
+    (:func:`open_dir_beneath`), so a folder swapped for a link raises
+    RunDirError instead of giving the size of a file it points to."""
     if is_remote(path):
         if (key := _listed(path)) is not None:
             return _SIZES.sizes.get(key)
         store, key = _remote(path)
         return store.size(key)
     try:
-        return os.lstat(path).st_size
+        if root is None:
+            return os.lstat(path).st_size
+        dfd, name = _dir_of(path, root, "reading the size of")
+        try:
+            return os.lstat(name, dir_fd=dfd).st_size
+        finally:
+            os.close(dfd)
     except FileNotFoundError:
         return None
 
@@ -1838,8 +1847,9 @@ def read_annotations_bytes(run_dir, layout, shard):
 def stored_size_problem(run_dir, layout, shard, rec, names=None):
     """Format 2: None if every object of ``shard`` (of ``names``: arrays
     and ``'annotations'``; default all) exists with the size its record
-    gives (one ``lstat`` each: the cheap check a resume makes, like format
-    1's file sizes), else ``(name, reason)`` for the first that does not."""
+    gives (one ``lstat`` each, beneath the run dir's no-follow folder fds:
+    the cheap check a resume makes, like format 1's file sizes), else
+    ``(name, reason)`` for the first that does not."""
     if layout.format_version == 1:
         return None
     paths = {name: zstore.object_path(run_dir, layout, name, shard) for name in layout.arrays()}
@@ -1847,7 +1857,10 @@ def stored_size_problem(run_dir, layout, shard, rec, names=None):
         paths["annotations"] = layout.annotations_path(run_dir, shard)
     for name in (paths if names is None else names):
         rel = os.path.relpath(paths[name], run_dir)
-        size = file_size(paths[name])
+        try:
+            size = file_size(paths[name], root=run_dir)
+        except RunDirError as exc:
+            return name, f"{rel} cannot be sized ({exc})"
         if size is None:
             return name, f"{rel} is missing"
         if size != rec["stored_bytes"][name]:
