@@ -426,3 +426,45 @@ def test_data_not_made_from_this_spec_json_is_refused(copy, pristine):
     assert np.array_equal(ds.video(20), pristine["videos"][20])    # shard 2 is fine ...
     with pytest.raises(RunDirError, match="probe_sha256"):
         ds.video(3)                                                # ... shard 0 is not
+
+
+@pytest.mark.parametrize("name,value", [("labels", 9), ("labels", -1), ("labels", 2 ** 40),
+                                        ("splits", 7)])
+def test_a_label_or_split_out_of_range_is_refused_even_unverified(copy, name, value):
+    """A shard whose labels (or splits) hold a value that names no class (or
+    split), stored well-formed: unchecked reads (verify='none') must not
+    index by it (an IndexError, or classes[-1] for -1) but name the sample,
+    the value and the shard; checked reads catch it by the checksum."""
+    from trajlab.storage import RunDirError as StorageError
+    from trajlab.torchdata import TrajectoryVideoDataset
+
+    layout = layout_of(copy)
+    sample = 9                                           # shard 1 of 8-sample shards
+    dtype = layout.arrays()[name][2]
+    if np.iinfo(dtype).max < value:
+        value = np.iinfo(dtype).max                      # as large as it can hold
+    if layout.format_version == 1:
+        arr = np.load(copy / layout.arrays()[name][0], mmap_mode="r+", allow_pickle=False)
+        arr[sample] = value
+        arr.flush()
+        del arr
+    else:
+        from trajlab import zstore
+
+        rows = zstore.read_shard(str(copy), layout, name, 1).copy()
+        rows[sample - 8] = value
+        with open(zstore.object_path(str(copy), layout, name, 1), "wb") as fh:
+            fh.write(zstore.encode(layout, name, rows))
+    ds = open_dataset(copy, verify="none")
+    where = rf"Sample 9 of .* holds {name} {int(np.asarray(value, dtype))}, out of range " \
+            r"\(0\.\.\d\): shard 1 is damaged"
+    with pytest.raises(StorageError, match=where):
+        ds.sample(sample)
+    if name == "labels":
+        with pytest.raises(StorageError, match=where):
+            ds.label(sample)
+        with pytest.raises(StorageError, match=where):
+            TrajectoryVideoDataset(str(copy), split=None, verify="none")[sample]
+    assert ds.sample(sample - 1)["index"] == sample - 1      # its neighbours still read
+    with pytest.raises(RunDirError, match="shard 1|Shard 1"):
+        open_dataset(copy).sample(sample)

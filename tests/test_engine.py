@@ -613,6 +613,59 @@ def test_symlinked_lock_target_is_never_touched(fresh_run, tmp_path, action):
     assert precious.read_text() == "do not touch\n"
 
 
+@pytest.mark.parametrize("name", ["manifest.json", ".lock", "PROGRESS.txt", "shards/00002.json",
+                                  "object"])
+@pytest.mark.parametrize("action", ["generate", "repair", "open_dataset"])
+def test_a_folder_in_a_file_s_place_is_refused_before_any_work(fresh_run, fmt, name, action):
+    """A folder where trajlab keeps a file (nothing could replace it, and
+    trajlab does not remove a folder it did not make) is refused up front,
+    naming it, with the folder and every other file untouched."""
+    import shutil
+
+    if name == "object":
+        if fmt == 1:
+            pytest.skip("format 1 keeps no per-shard objects")
+        name = "data/labels/" + sorted(f for f in os.listdir(fresh_run / "data" / "labels")
+                                       if f.startswith("c."))[2]
+    target = fresh_run / name
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        os.remove(target)
+    (target / "inner").mkdir(parents=True)
+    (target / "inner" / "keep.txt").write_text("not trajlab's\n")
+    before = tree_digest(fresh_run, include_json=True)
+    with pytest.raises(RunDirError, match=f"folders where trajlab keeps its own files: "
+                                          f"{re.escape(name)}"):
+        if action == "generate":
+            generate(SMALL, fresh_run, n_jobs=1, progress="none")
+        elif action == "repair":
+            trajlab.engine.repair(str(fresh_run))
+        else:
+            open_dataset(fresh_run)
+    assert (target / "inner" / "keep.txt").read_text() == "not trajlab's\n"
+    assert tree_digest(fresh_run, include_json=True) == before
+
+
+def test_a_folder_that_takes_a_file_s_place_mid_write_is_named():
+    """The same, when the folder appears after the check: the replace and
+    the removal name the path instead of passing EISDIR on."""
+    import tempfile
+
+    from trajlab.storage import open_nofollow, remove_file, write_bytes_atomic
+
+    with tempfile.TemporaryDirectory() as root:
+        os.mkdir(os.path.join(root, "f.json"))
+        path = os.path.join(root, "f.json")
+        for call in (lambda: write_bytes_atomic(path, b"{}", root=root),
+                     lambda: remove_file(path, root=root),
+                     lambda: open_nofollow(path, os.O_RDWR | os.O_CREAT)):
+            with pytest.raises(RunDirError, match=f"{re.escape(repr(path))} is a folder where "
+                                                  "trajlab keeps a file"):
+                call()
+        assert os.listdir(root) == ["f.json"] and os.path.isdir(path)
+
+
 @pytest.mark.parametrize("folder", ["shards", "annotations"])
 def test_symlinked_folder_is_refused(fresh_run, tmp_path, folder):
     import shutil

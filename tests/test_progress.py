@@ -158,6 +158,23 @@ def test_status_stalled_when_alive_but_no_shard_completes(tmp_path):
     assert read_status(str(tmp_path))["verdict"] == "running"
 
 
+@pytest.mark.parametrize("field", ["updated_unix", "last_checkpoint_unix",
+                                   "mean_checkpoint_seconds", "heartbeat_seconds"])
+def test_status_takes_an_int_beyond_the_float_range_as_absent(tmp_path, field):
+    """A time field holding a 310-digit JSON integer is no number there: the
+    status is read as if the field were missing, never an OverflowError."""
+    _fake(tmp_path)
+    snap = json.loads((tmp_path / "progress.json").read_text())
+    snap.pop(field, None)
+    write_json_atomic(tmp_path / "progress.json", snap)
+    as_missing = read_status(str(tmp_path))
+    _fake(tmp_path, **{field: 10 ** 309})
+    st = read_status(str(tmp_path))
+    assert st["verdict"] == as_missing["verdict"]
+    assert st["verdict"] == ("stalled" if field == "updated_unix" else "running")
+    assert format_status("d", st).split("\n")[0] == format_status("d", as_missing).split("\n")[0]
+
+
 def test_status_incomplete_when_finished_run_lost_its_manifest(tmp_path):
     _fake(tmp_path, state="finished", message="dataset complete")
     st = read_status(str(tmp_path))

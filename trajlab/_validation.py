@@ -52,7 +52,10 @@ MAX_JSON_BYTES = 2**20
 
 
 def _fmt(value):
-    return repr(value)
+    try:
+        return repr(value)
+    except ValueError:          # an int beyond Python's digit limit for str()
+        return f"an int of {value.bit_length()} bits"
 
 
 def fail(name, owner, expected, value, exc=ValueError):
@@ -97,7 +100,10 @@ def check_float(value, name, owner, low=None, high=None, closed_low=True,
     )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         fail(name, owner, expected, value, TypeError)
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:       # an int beyond the float range
+        fail(name, owner, expected, value)
     if not math.isfinite(value):
         fail(name, owner, expected, value)
     if low is not None and (value < low or (not closed_low and value == low)):

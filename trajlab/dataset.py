@@ -189,9 +189,21 @@ class TrajectoryData:
         i = self._checked_index(i, "sample")
         out = {name: np.array(arr[i]) for name, arr in self._arrays.items()}
         out["index"] = i
-        out["class_name"] = self.spec.classes[int(out["labels"])]
-        out["split"] = SPLITS[int(out["splits"])]
+        out["class_name"] = self.spec.classes[self._in_range(i, "labels", out["labels"])]
+        out["split"] = SPLITS[self._in_range(i, "splits", out["splits"])]
         return out
+
+    def _in_range(self, i, name, value):
+        """``value`` of array ``name`` for sample ``i`` as an int, if it names a
+        class (labels) or a split (splits); unchecked reads (``verify='none'``)
+        of a damaged shard get here too, and must not index by it."""
+        n = len(self.spec.classes) if name == "labels" else len(SPLITS)
+        value = int(value)
+        if not 0 <= value < n:
+            raise RunDirError(
+                f"Sample {i} of {self.run_dir!r} holds {name} {value}, out of range (0..{n - 1}): "
+                f"shard {i // self.layout.shard_size} is damaged." + _fix_hint(self.run_dir))
+        return value
 
     def _index(self, i, method):
         """Normalise index ``i`` (an int; negative counts from the end)."""
@@ -215,7 +227,7 @@ class TrajectoryData:
     def label(self, i):
         """Label of sample ``i`` (int), verified per shard."""
         i = self._checked_index(i, "label")
-        return int(self._arrays["labels"][i])
+        return self._in_range(i, "labels", self._arrays["labels"][i])
 
     def annotation(self, i):
         """Text ground truth of sample ``i``: class, split, params, equation,

@@ -21,6 +21,7 @@ terminal and text otherwise.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -414,8 +415,13 @@ def _store_age(path, fallback, written):
 
 
 def _number(x, default):
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) \
-        and x == x and abs(x) != float("inf") else default
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return default
+    try:
+        x = float(x)
+    except OverflowError:       # an int beyond the float range
+        return default
+    return x if math.isfinite(x) else default
 
 
 def format_status(run_dir, status):

@@ -146,6 +146,13 @@ def _symlink_error(path):
         "real file, or remove it, and run the command again.")
 
 
+def _folder_error(path):
+    return _NotRegularError(
+        f"{path!r} is a folder where trajlab keeps a file. trajlab does not remove a folder "
+        "it did not make; move it away (its contents are not trajlab's), then run the "
+        "command again.")
+
+
 def open_nofollow(path, flags, mode=0o666, root=None):
     """``os.open`` that refuses a symbolic link as the last path component
     (``O_NOFOLLOW``) and anything but a regular file; returns the fd.
@@ -162,6 +169,8 @@ def open_nofollow(path, flags, mode=0o666, root=None):
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _symlink_error(path) from None
+        if exc.errno == errno.EISDIR:
+            raise _folder_error(path) from None
         if dfd is not None:         # name the whole path, not the folder-relative one
             raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
         raise
@@ -359,7 +368,10 @@ def atomic_writer(path, fsync=False, root=None):
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
-        os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        try:
+            os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except IsADirectoryError:       # a folder took the file's place meanwhile
+            raise _folder_error(path) from None
         tmp = None
         if fsync:
             _fsync_dir_fd(dfd)
@@ -427,6 +439,8 @@ def remove_file(path, root=None):
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(base, dir_fd=dfd)
+    except IsADirectoryError:
+        raise _folder_error(path) from None
     finally:
         os.close(dfd)
 
@@ -1408,10 +1422,16 @@ def read_record(run_dir, layout, shard):
     return rec if check_record(rec, layout, shard) is None else None
 
 
+def _shown(names):
+    return ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+
+
 def check_managed_entries(run_dir, layout=None):
     """Refuse a run dir where trajlab's own files or folders are symbolic
-    links (or its folders are not folders). Raises RunDirError. (An object
-    store has no links: nothing to check.)"""
+    links, its folders are not folders or its files are folders (nothing
+    could replace such a file, and trajlab does not remove a folder it did
+    not make). Raises RunDirError. (An object store has no links and no
+    folders: nothing to check.)"""
     if is_remote(run_dir):
         return
     names = [SPEC_FILE, MANIFEST_FILE, LOCK_FILE, *PROGRESS_FILES]
@@ -1426,6 +1446,8 @@ def check_managed_entries(run_dir, layout=None):
     elif layout is not None:
         names += [f for f, *_r in layout.arrays().values()]
     links = [n for n in names if os.path.islink(os.path.join(run_dir, n))]
+    dirs = [n for n in names if n != zstore.STORE_DIR and n not in links
+            and os.path.isdir(os.path.join(run_dir, n))]
     for d, pattern in folders:
         path = os.path.join(run_dir, d)
         if os.path.islink(path):
@@ -1434,15 +1456,24 @@ def check_managed_entries(run_dir, layout=None):
             raise RunDirError(f"{path!r} should be a folder of trajlab's, but is a file.")
         elif os.path.isdir(path):
             with os.scandir(path) as it:
-                links += [f"{d}/{e.name}" for e in it
-                          if pattern.match(e.name) and e.is_symlink()]
+                for e in it:
+                    if not pattern.match(e.name):
+                        continue
+                    if e.is_symlink():
+                        links.append(f"{d}/{e.name}")
+                    elif e.is_dir(follow_symlinks=False):
+                        dirs.append(f"{d}/{e.name}")
     if links:
-        shown = ", ".join(sorted(links)[:5]) + (" ..." if len(links) > 5 else "")
         raise _LinkError(
             f"Run directory {run_dir!r} has symbolic links where trajlab keeps its own files "
-            f"or folders: {shown}. trajlab never reads or writes through them (they could "
+            f"or folders: {_shown(links)}. trajlab never reads or writes through them (they could "
             "point anywhere); replace them with the real files or folders, or remove them, "
             "and run the command again.")
+    if dirs:
+        raise _NotRegularError(
+            f"Run directory {run_dir!r} has folders where trajlab keeps its own files: "
+            f"{_shown(dirs)}. trajlab does not remove a folder it did not make; move it "
+            "away (its contents are not trajlab's), then run the command again.")
 
 
 def check_array_file(run_dir, layout, name):
